@@ -1,0 +1,164 @@
+//! Command-line interface (clap derive). Parsing only: the work happens in
+//! the module named after each verb.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "casey-deploy",
+    version,
+    about = "Deploy the casey backend to AWS: Terraform, image, ECS rollout, backend URL."
+)]
+#[command(after_help = "Exit codes: 0 success, 1 failure, 2 usage error, 130/143 interrupted.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+
+    #[command(subcommand)]
+    pub command: Verb,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository root holding terraform/ and backend/ [default: the nearest ancestor of the current directory with a terraform/ folder]
+    #[arg(long, global = true, env = "CASEY_PROJECT_DIR", value_name = "DIR")]
+    pub project_dir: Option<PathBuf>,
+
+    /// Env file with the admin's AWS settings, read as data (never run) [default: <project>/terraform/.env]
+    #[arg(long, global = true, env = "CASEY_ENV_FILE", value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+
+    /// IAM user that runs Terraform and deploys (the admin)
+    #[arg(long, global = true, env = "CASEY_ADMIN_USER", default_value = "casey_aniruddh", value_name = "NAME")]
+    pub admin_user: String,
+
+    /// IAM user the backend runs as; never allowed to deploy
+    #[arg(
+        long,
+        global = true,
+        env = "CASEY_SERVICE_USER",
+        default_value = "casey_localdev_service",
+        value_name = "NAME"
+    )]
+    pub service_user: String,
+
+    /// Also accept this principal as the admin: a role ARN (for SSO / assumed roles) or a full caller ARN
+    #[arg(long, global = true, env = "CASEY_ADMIN_PRINCIPAL", value_name = "ARN")]
+    pub admin_principal: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Plan and apply the Terraform stack, then build, push and roll out the image, then print the backend URL
+    All(AllArgs),
+    /// Plan and apply the Terraform stack (one saved plan, confirmed before apply)
+    Infra(InfraArgs),
+    /// Import resources that already exist in AWS but not in the Terraform state
+    Import(TfArgs),
+    /// Build and push the backend image, then roll the ECS service out to it
+    Image(ImageArgs),
+    /// Print the URL the frontend should use (NEXT_PUBLIC_WS_URL)
+    BackendUrl(UrlArgs),
+    /// Check the AWS credentials: who is calling, and whether they may deploy
+    Whoami,
+}
+
+/// Terraform variables, passed through as -var / -var-file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TfArgs {
+    /// Set a Terraform variable (repeatable), e.g. --var enable_alb=true
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+
+    /// Terraform variable file (repeatable)
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct InfraArgs {
+    #[command(flatten)]
+    pub tf: TfArgs,
+
+    /// Apply without asking for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Only refresh the state from AWS (the seed's `terraform refresh`), changing no resource
+    #[arg(long)]
+    pub refresh_only: bool,
+
+    /// When apply fails because resources already exist, import them and plan again
+    #[arg(long)]
+    pub adopt: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct ImageArgs {
+    /// Docker build context [default: <project>/backend]
+    #[arg(long, value_name = "DIR")]
+    pub context: Option<PathBuf>,
+
+    /// Dockerfile [default: <context>/Dockerfile]
+    #[arg(long, value_name = "FILE")]
+    pub dockerfile: Option<PathBuf>,
+
+    /// Immutable image tag [default: git short sha, with -dirty when the tree has changes]
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+
+    /// Push to this registry (HOST[:PORT]) instead of the ECR host, e.g. a mirror or a local registry
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub registry: Option<String>,
+
+    /// Deploy the immutable tag by applying Terraform with backend_container_image=<repo>:<tag> instead of forcing a new deployment of `latest`
+    #[arg(long)]
+    pub immutable: bool,
+
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RolloutArgs {
+    /// Seconds to wait for the ECS deployment to complete
+    #[arg(long, default_value_t = 900, value_name = "SECONDS")]
+    pub timeout: u64,
+
+    /// Start the deployment and return without following it
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct UrlArgs {
+    /// Print JSON for scripts
+    #[arg(long)]
+    pub json: bool,
+
+    /// Wait up to SECONDS for a running task with a public IP
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub wait: u64,
+
+    /// Check each URL: GET /health (200) and a WebSocket upgrade on /ws (101)
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct AllArgs {
+    #[command(flatten)]
+    pub infra: InfraArgs,
+
+    #[command(flatten)]
+    pub image: ImageArgs,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE (e.g. --var enable_alb=true)")),
+    }
+}

@@ -1,0 +1,95 @@
+//! What every verb starts from: the project, the layered environment, the
+//! SDK config, and a caller that passed the identity guard.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use aws_config::SdkConfig;
+
+use crate::cli::{Global, TfArgs};
+use crate::env::{self, Settings};
+use crate::identity::{self, Identity, Principals};
+use crate::terraform::Terraform;
+
+pub struct Ctx {
+    pub project: PathBuf,
+    pub settings: Settings,
+    pub principals: Principals,
+    pub sdk: SdkConfig,
+    pub identity: Identity,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Ctx {
+    /// Load settings, then run the identity guard. Nothing else runs first.
+    pub fn new(global: &Global) -> Result<Ctx> {
+        let project = find_project(global.project_dir.as_deref())?;
+        let (env_file, explicit) = match &global.env_file {
+            Some(path) => (path.clone(), true),
+            None => (project.join("terraform").join(".env"), false),
+        };
+        let settings = env::load(&env_file, explicit)?;
+        for warning in &settings.warnings {
+            eprintln!("warning: {warning}");
+        }
+        eprintln!("{}", settings.describe());
+        let principals = Principals {
+            admin_user: global.admin_user.clone(),
+            service_user: global.service_user.clone(),
+            admin_principal: global.admin_principal.clone(),
+        };
+        identity::check_separation(&project.join("backend").join(".env"))?;
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?;
+        let sdk = rt.block_on(crate::aws::load())?;
+        if sdk.region().is_none() {
+            bail!("no AWS region is set: add AWS_REGION=us-east-1 (or your region) to terraform/.env, or set it in your AWS profile");
+        }
+        let identity = rt.block_on(identity::caller(&sdk, &settings))?;
+        identity::check(&identity, &principals)?;
+        Ok(Ctx { project, settings, principals, sdk, identity, rt })
+    }
+
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.rt.block_on(future)
+    }
+
+    pub fn region(&self) -> String {
+        self.sdk.region().map(|r| r.to_string()).unwrap_or_default()
+    }
+
+    pub fn terraform_dir(&self) -> PathBuf {
+        self.project.join("terraform")
+    }
+
+    /// Terraform with the variables that keep the stack and this tool in
+    /// agreement (region and the two user names), then the user's.
+    pub fn terraform(&self, user: &TfArgs) -> Terraform {
+        let base = vec![
+            ("aws_region".to_owned(), self.region()),
+            ("terraform_admin_iam_user_name".to_owned(), self.principals.admin_user.clone()),
+            ("service_account_iam_user_name".to_owned(), self.principals.service_user.clone()),
+        ];
+        Terraform::new(&self.terraform_dir(), &base, user)
+    }
+}
+
+fn find_project(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(dir) = explicit {
+        if !dir.join("terraform").is_dir() {
+            bail!("{} has no terraform/ folder; pass the casey repository root with --project-dir", dir.display());
+        }
+        return dir.canonicalize().with_context(|| format!("cannot open {}", dir.display()));
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    cwd.ancestors().find(|d| d.join("terraform").is_dir()).map(Path::to_path_buf).with_context(|| {
+        format!(
+            "no terraform/ folder in {} or its parents; run from the casey repository or pass --project-dir",
+            cwd.display()
+        )
+    })
+}

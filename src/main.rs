@@ -1,0 +1,49 @@
+//! casey-deploy: deploys the casey backend to AWS.
+
+mod all;
+mod aws;
+mod cli;
+mod context;
+mod env;
+mod identity;
+mod image;
+mod import;
+mod infra;
+mod process;
+mod redact;
+mod terraform;
+mod url;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Verb};
+use context::Ctx;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", redact::redact(&format!("{err:#}")));
+            match err.downcast_ref::<process::Interrupted>() {
+                Some(i) => ExitCode::from((128 + i.signal) as u8),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    process::install_signal_handler()?;
+    let ctx = Ctx::new(&cli.global)?;
+    match &cli.command {
+        Verb::Whoami => Ok(()),
+        Verb::Infra(args) => infra::run(&ctx, args).map(drop),
+        Verb::Import(args) => import::run(&ctx, args),
+        Verb::Image(args) => image::run(&ctx, args),
+        Verb::BackendUrl(args) => url::run(&ctx, args),
+        Verb::All(args) => all::run(&ctx, args),
+    }
+}

@@ -1,0 +1,271 @@
+//! The one place that runs child processes (terraform, docker, git).
+//!
+//! - Output is streamed line by line to stderr (stdout stays for results) and
+//!   kept, so callers can recognise known failures. Every line is redacted.
+//! - Signals: terraform runs in our process group, so a Ctrl-C at a terminal
+//!   already reaches it; sending it again would be terraform's "second
+//!   interrupt" (exit at once, state possibly locked). We therefore forward only
+//!   signals that another process sent us (kill, CI), wait for the child to
+//!   stop, and then refuse to start any further step.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+
+use crate::redact::redact;
+
+static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
+
+/// The error a step returns when the user (or a supervisor) interrupted it.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    /// The child that was running, and how it ended.
+    pub child: Option<(String, Option<i32>)>,
+}
+
+impl Interrupted {
+    fn new(signal: i32) -> Self {
+        Interrupted { signal, child: None }
+    }
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.signal == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+        write!(f, "interrupted by {name}; no further step was started")?;
+        match &self.child {
+            Some((program, Some(code))) if program == "terraform" => write!(
+                f,
+                ". terraform stopped by itself (exit code {code}) and released its state lock; run the same command again to continue"
+            ),
+            Some((program, None)) if program == "terraform" => write!(
+                f,
+                ". terraform was killed before it could clean up: the state may still be locked. Run `casey-deploy infra`; if it reports a lock, it prints the `terraform force-unlock` command"
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Install the SIGINT/SIGTERM handler. Call once, early in `main`.
+pub fn install_signal_handler() -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::iterator::exfiltrator::WithOrigin;
+    use signal_hook::iterator::SignalsInfo;
+
+    let mut signals =
+        SignalsInfo::<WithOrigin>::new([SIGINT, SIGTERM]).context("could not install the signal handler")?;
+    std::thread::spawn(move || {
+        for origin in signals.forever() {
+            let signal = origin.signal;
+            INTERRUPTED_BY.store(signal, Ordering::SeqCst);
+            let pids = CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if pids.is_empty() {
+                eprintln!("casey-deploy: {}", Interrupted::new(signal));
+                std::process::exit(128 + signal);
+            }
+            // A terminal's Ctrl-C has no sending process and already reached
+            // the child through the process group.
+            if origin.process.is_some() {
+                for pid in &pids {
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(*pid as libc::pid_t, signal) };
+                }
+            }
+            eprintln!("casey-deploy: interrupt received; waiting for the running command to stop cleanly");
+        }
+    });
+    Ok(())
+}
+
+/// Fails with [`Interrupted`] once a signal has arrived.
+pub fn check_interrupted() -> Result<()> {
+    match INTERRUPTED_BY.load(Ordering::SeqCst) {
+        0 => Ok(()),
+        signal => Err(Interrupted::new(signal).into()),
+    }
+}
+
+/// A finished child.
+pub struct Output {
+    /// Exit code; `None` when the child was killed by a signal.
+    pub code: Option<i32>,
+    /// stdout (with stderr folded in when streamed), redacted.
+    pub stdout: String,
+    /// stderr when captured quietly, redacted.
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The last lines of what the child printed, for error messages.
+    pub fn tail(&self, lines: usize) -> String {
+        let text = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
+        let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// A child process to run.
+pub struct Command {
+    program: String,
+    args: Vec<String>,
+    dir: Option<PathBuf>,
+    stdin: Option<Vec<u8>>,
+    stream: bool,
+}
+
+impl Command {
+    pub fn new(program: &str) -> Self {
+        Command { program: program.to_owned(), args: Vec::new(), dir: None, stdin: None, stream: true }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// Bytes for the child's stdin (e.g. a registry password: never an argument).
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Capture stdout and stderr apart, without streaming (for JSON output).
+    pub fn quiet(mut self) -> Self {
+        self.stream = false;
+        self
+    }
+
+    /// The command line as shown to the user.
+    pub fn display(&self) -> String {
+        redact(
+            &std::iter::once(self.program.as_str())
+                .chain(self.args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+    }
+
+    /// Run to completion. Errors only when the child could not be started or
+    /// a signal interrupted the run; a non-zero exit is in [`Output::code`].
+    pub fn run(&self) -> Result<Output> {
+        check_interrupted()?;
+        let mut expr = duct::cmd(&self.program, &self.args).unchecked();
+        if let Some(dir) = &self.dir {
+            expr = expr.dir(dir);
+        }
+        expr = match &self.stdin {
+            Some(bytes) => expr.stdin_bytes(bytes.clone()),
+            None => expr.stdin_null(),
+        };
+        let output = if self.stream { self.run_streaming(expr)? } else { self.run_quiet(expr)? };
+        match INTERRUPTED_BY.load(Ordering::SeqCst) {
+            0 => Ok(output),
+            signal => Err(Interrupted { signal, child: Some((self.program.clone(), output.code)) }.into()),
+        }
+    }
+
+    /// Run and fail unless the child exits 0; the error carries its last lines.
+    pub fn run_ok(&self) -> Result<Output> {
+        let output = self.run()?;
+        if !output.success() {
+            bail!("`{}` failed ({}):\n{}", self.display(), describe_exit(output.code), output.tail(15));
+        }
+        Ok(output)
+    }
+
+    fn spawn_error(&self, err: std::io::Error) -> anyhow::Error {
+        if err.kind() == std::io::ErrorKind::NotFound {
+            let hint = match self.program.as_str() {
+                "terraform" => "install Terraform >= 1.5 and put it on PATH",
+                "docker" => "install Docker (the client and a running engine) and put it on PATH",
+                _ => "install it and put it on PATH",
+            };
+            anyhow::anyhow!("could not find `{}` on PATH: {hint}", self.program)
+        } else {
+            anyhow::anyhow!("could not run `{}`: {err}", self.program)
+        }
+    }
+
+    fn run_quiet(&self, expr: duct::Expression) -> Result<Output> {
+        let handle = expr.stdout_capture().stderr_capture().start().map_err(|e| self.spawn_error(e))?;
+        let _guard = ChildGuard::new(handle.pids());
+        let out = handle.wait().with_context(|| format!("waiting for `{}`", self.program))?;
+        Ok(Output {
+            code: out.status.code(),
+            stdout: redact(&String::from_utf8_lossy(&out.stdout)),
+            stderr: redact(&String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+
+    fn run_streaming(&self, expr: duct::Expression) -> Result<Output> {
+        let reader = expr.stderr_to_stdout().reader().map_err(|e| self.spawn_error(e))?;
+        let _guard = ChildGuard::new(reader.pids());
+        let mut kept = String::new();
+        let mut lines = BufReader::new(&reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let n = lines
+                .read_until(b'\n', &mut buf)
+                .with_context(|| format!("reading the output of `{}`", self.program))?;
+            if n == 0 {
+                break;
+            }
+            let line = redact(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
+            eprintln!("{line}");
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+        let status = reader.try_wait()?.map(|o| o.status.code()).unwrap_or(None);
+        Ok(Output { code: status, stdout: kept, stderr: String::new() })
+    }
+}
+
+pub fn describe_exit(code: Option<i32>) -> String {
+    match code {
+        Some(c) => format!("exit code {c}"),
+        None => "killed by a signal".to_owned(),
+    }
+}
+
+/// Registers a running child's pids for signal forwarding while alive.
+struct ChildGuard(Vec<u32>);
+
+impl ChildGuard {
+    fn new(pids: Vec<u32>) -> Self {
+        CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).extend(&pids);
+        ChildGuard(pids)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| !self.0.contains(p));
+    }
+}

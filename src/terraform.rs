@@ -1,0 +1,274 @@
+//! Running terraform: init, plan, show, apply, import, output.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::process::{Command, Output};
+
+/// Terraform in one directory, with the variables every call passes.
+pub struct Terraform {
+    dir: PathBuf,
+    var_args: Vec<String>,
+}
+
+/// What kind of plan to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanMode {
+    Normal,
+    RefreshOnly,
+    NamesOnly,
+}
+
+/// A plan file in a private (0700) folder under `.terraform/`, removed when
+/// dropped: a plan can hold variable values and must not linger.
+pub struct PlanFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl PlanFile {
+    pub fn create(tf_dir: &Path, name: &str) -> Result<PlanFile> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = tf_dir.join(".terraform").join(format!("casey-deploy-{}-{name}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+        let path = dir.join(format!("{name}.tfplan"));
+        Ok(PlanFile { dir, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PlanFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The result of `plan -detailed-exitcode`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    NoChanges,
+    Changes,
+}
+
+impl Terraform {
+    /// `base` are the tool's own variables (region, user names); `user` come
+    /// from --var and --var-file and are passed after them, so they win.
+    pub fn new(dir: &Path, base: &[(String, String)], user: &crate::cli::TfArgs) -> Self {
+        let mut var_args = Vec::new();
+        for (k, v) in base.iter().chain(&user.vars) {
+            var_args.push(format!("-var={k}={v}"));
+        }
+        for file in &user.var_files {
+            var_args.push(format!("-var-file={}", absolute(file).display()));
+        }
+        Terraform { dir: dir.to_path_buf(), var_args }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn cmd(&self, sub: &str) -> Command {
+        let mut cmd = Command::new("terraform").arg(format!("-chdir={}", self.dir.display())).arg(sub);
+        if !std::io::stderr().is_terminal() {
+            cmd = cmd.arg("-no-color");
+        }
+        cmd
+    }
+
+    pub fn init(&self) -> Result<()> {
+        let out = self.cmd("init").args(["-input=false"]).quiet().run()?;
+        if !out.success() {
+            bail!("`terraform init` failed in {}:\n{}", self.dir.display(), out.tail(20));
+        }
+        Ok(())
+    }
+
+    /// One plan, saved to `plan_file`.
+    pub fn plan(&self, plan_file: &PlanFile, mode: PlanMode) -> Result<Plan> {
+        let mut cmd = self.cmd("plan").args(["-input=false", "-detailed-exitcode", "-lock-timeout=10s"]);
+        cmd = match mode {
+            PlanMode::Normal => cmd,
+            PlanMode::RefreshOnly => cmd.arg("-refresh-only"),
+            // Only the planned values are wanted: no refresh, no output.
+            PlanMode::NamesOnly => cmd.arg("-refresh=false").quiet(),
+        };
+        let out = cmd.arg(format!("-out={}", plan_file.path().display())).args(self.var_args.clone()).run()?;
+        match out.code {
+            Some(0) => Ok(Plan::NoChanges),
+            Some(2) => Ok(Plan::Changes),
+            _ => Err(Failure::new("terraform plan", out).into()),
+        }
+    }
+
+    pub fn show_json(&self, plan_file: &PlanFile) -> Result<Value> {
+        let out = self.cmd("show").arg("-json").arg(plan_file.path().display().to_string()).quiet().run_ok()?;
+        serde_json::from_str(&out.stdout).context("`terraform show -json` printed something that is not JSON")
+    }
+
+    /// Apply exactly the saved plan.
+    pub fn apply(&self, plan_file: &PlanFile) -> Result<Output> {
+        let out = self
+            .cmd("apply")
+            .args(["-input=false", "-lock-timeout=10s"])
+            .arg(plan_file.path().display().to_string())
+            .run()?;
+        if !out.success() {
+            return Err(Failure::new("terraform apply", out).into());
+        }
+        Ok(out)
+    }
+
+    /// Addresses in the state (empty when there is no state yet).
+    pub fn state_list(&self) -> Result<Vec<String>> {
+        let out = self.cmd("state").arg("list").quiet().run()?;
+        if !out.success() {
+            if out.stderr.contains("No state file") {
+                return Ok(Vec::new());
+            }
+            bail!("`terraform state list` failed:\n{}", out.tail(10));
+        }
+        Ok(out.stdout.lines().map(str::to_owned).filter(|l| !l.is_empty()).collect())
+    }
+
+    pub fn import(&self, address: &str, id: &str) -> Result<Output> {
+        self.cmd("import")
+            .args(["-input=false", "-lock-timeout=10s"])
+            .args(self.var_args.clone())
+            .arg(address)
+            .arg(id)
+            .quiet()
+            .run()
+    }
+
+    /// All outputs, from one `terraform output -json`.
+    pub fn outputs(&self) -> Result<serde_json::Map<String, Value>> {
+        let out = self.cmd("output").arg("-json").quiet().run_ok()?;
+        let json: Value =
+            serde_json::from_str(&out.stdout).context("`terraform output -json` printed something that is not JSON")?;
+        let map = json.as_object().cloned().unwrap_or_default();
+        Ok(map.into_iter().map(|(k, v)| (k, v.get("value").cloned().unwrap_or(Value::Null))).collect())
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// A failed terraform command, with what it printed; `Display` adds the next
+/// step for the failures we know.
+#[derive(Debug)]
+pub struct Failure {
+    pub what: String,
+    pub output: String,
+    pub code: Option<i32>,
+}
+
+impl Failure {
+    fn new(what: &str, out: Output) -> Self {
+        Failure { what: what.to_owned(), output: format!("{}{}", out.stdout, out.stderr), code: out.code }
+    }
+
+    /// Addresses of resources that failed because they already exist.
+    pub fn already_exists(&self) -> Vec<String> {
+        let mut addresses = Vec::new();
+        let mut hit = false;
+        for line in self.output.lines() {
+            let l = line.trim_start_matches(|c: char| c == '│' || c.is_whitespace());
+            if l.starts_with("Error:") {
+                hit = l.contains("already exists") || l.contains("AlreadyExists") || l.contains("EntityAlreadyExists");
+            } else if hit && !l.contains("AlreadyExists") {
+                if let Some(addr) = l.strip_prefix("with ") {
+                    addresses.push(addr.trim_end_matches(',').to_owned());
+                    hit = false;
+                }
+            } else if hit {
+                // The error text itself may span lines; keep looking for `with`.
+            }
+        }
+        addresses
+    }
+
+    fn lock_id(&self) -> Option<String> {
+        if !self.output.contains("Error acquiring the state lock") {
+            return None;
+        }
+        self.output.lines().find_map(|l| {
+            let l = l.trim_start_matches(|c: char| c == '│' || c.is_whitespace());
+            l.strip_prefix("ID:").map(|id| id.trim().to_owned())
+        })
+    }
+
+    fn hint(&self) -> Option<String> {
+        let existing = self.already_exists();
+        if !existing.is_empty() {
+            return Some(format!(
+                "these resources already exist in AWS but not in the Terraform state: {}.\nAdopt them with `casey-deploy import` and run `casey-deploy infra` again (or run `casey-deploy infra --adopt`, which does both)",
+                existing.join(", ")
+            ));
+        }
+        if self.output.contains("does not support creating load balancers") {
+            return Some(
+                "this AWS account may not create load balancers yet. That is an account-level restriction, not an IAM permission: open a case with AWS Support to enable Application Load Balancers.\nUntil then, deploy without the ALB: `casey-deploy infra --var enable_alb=false`, then `casey-deploy backend-url` for the task's address"
+                    .to_owned(),
+            );
+        }
+        if let Some(id) = self.lock_id() {
+            return Some(format!(
+                "the Terraform state is locked by another run (lock {id}). If no other terraform is running, release it with `terraform -chdir=terraform force-unlock {id}`"
+            ));
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` failed ({})", self.what, crate::process::describe_exit(self.code))?;
+        match self.hint() {
+            Some(hint) => write!(f, ": {hint}"),
+            None => write!(f, "; its errors are printed above"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(output: &str) -> Failure {
+        Failure { what: "terraform apply".into(), output: output.into(), code: Some(1) }
+    }
+
+    #[test]
+    fn finds_already_existing_resources() {
+        let f = failure(
+            "╷\n│ Error: creating CloudWatch Logs Log Group (casey-backend-aws-usage): operation error CloudWatch Logs: CreateLogGroup, https response error StatusCode: 400, ResourceAlreadyExistsException: The specified log group already exists\n│ \n│   with aws_cloudwatch_log_group.casey_backend_aws_usage,\n│   on logs.tf line 1, in resource \"aws_cloudwatch_log_group\" \"casey_backend_aws_usage\":\n╵\n╷\n│ Error: creating IAM Policy (casey-backend-ai): operation error IAM: CreatePolicy, EntityAlreadyExists: A policy called casey-backend-ai already exists. Duplicate names are not allowed.\n│ \n│   with aws_iam_policy.casey_backend,\n",
+        );
+        assert_eq!(
+            f.already_exists(),
+            vec!["aws_cloudwatch_log_group.casey_backend_aws_usage", "aws_iam_policy.casey_backend"]
+        );
+        assert!(f.to_string().contains("casey-deploy import"));
+    }
+
+    #[test]
+    fn explains_alb_restriction_and_lock() {
+        let f = failure("Error: creating ELBv2 application Load Balancer: OperationNotPermitted: This AWS account currently does not support creating load balancers.");
+        assert!(f.to_string().contains("enable_alb=false"));
+        let f = failure("│ Error: Error acquiring the state lock\n│ Lock Info:\n│   ID:        3f0c1a2b-1111-2222-3333-444455556666\n");
+        assert!(f.to_string().contains("force-unlock 3f0c1a2b-1111-2222-3333-444455556666"));
+    }
+}
