@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The project's test command: installs what is missing, starts the services
+# the tests need (Docker engine + registry on loopback), runs every suite,
+# stops what it started, and ends with one "N passed, N failed" line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+source .ci/setup.sh
+
+log_dir=$(mktemp -d)
+services_started=""
+cleanup() {
+  [ -n "$services_started" ] && bash .ci/docker.sh stop || true
+  rm -rf "$log_dir"
+}
+trap cleanup EXIT
+
+step() { printf '\n==> %s\n' "$*"; }
+passed=0; failed=0
+count() { # LOG: add cargo's and pytest's totals
+  local p f
+  p=$(grep -hoE '^test result: .* ([0-9]+) passed' "$1" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  f=$(grep -hoE '^test result: .* ([0-9]+) failed' "$1" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  passed=$((passed + p)); failed=$((failed + f))
+  p=$(grep -hoE '^=+ .*[0-9]+ passed' "$1" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  f=$(grep -hoE '^=+ .*[0-9]+ failed' "$1" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  passed=$((passed + p)); failed=$((failed + f))
+}
+check() { # NAME CMD...: a static check counts as one test
+  step "$1"; shift
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $*"; fi
+}
+
+# Static checks.
+check "terraform fmt" terraform fmt -check -recursive terraform
+tf_copy="$log_dir/tf"; mkdir -p "$tf_copy"; cp terraform/*.tf terraform/.terraform.lock.hcl "$tf_copy"/
+check "terraform validate" bash -c "terraform -chdir='$tf_copy' init -input=false -backend=false >/dev/null && terraform -chdir='$tf_copy' validate"
+check "checkov (terraform)" "$CASEY_LINT_BIN/checkov" -d terraform --framework terraform --skip-download --quiet --compact
+check "checkov (Dockerfile)" "$CASEY_LINT_BIN/checkov" -f backend/Dockerfile --framework dockerfile --skip-download --quiet --compact
+check "hadolint" "$CASEY_LINT_BIN/hadolint" backend/Dockerfile
+check "cargo fmt" bash -c "cargo fmt --check && (cd backend && cargo fmt --check)"
+
+step "docker engine + registry on loopback"
+bash .ci/docker.sh start
+services_started=1
+# shellcheck disable=SC1091
+source "${CASEY_CI_STATE:-/tmp/casey-ci}/env"
+
+suite() { # NAME CMD...: a test runner; its totals are counted, and a runner
+  # that fails without reporting a failed test (a build error) counts as one.
+  local name=$1 log; log="$log_dir/$(echo "$1" | tr -c 'a-z0-9' '_').log"; shift
+  step "$name"
+  local before=$failed
+  if ! "$@" 2>&1 | tee "$log"; then
+    count "$log"
+    if [ "$failed" -eq "$before" ]; then failed=$((failed + 1)); echo "FAILED: $name (no test result)"; fi
+  else
+    count "$log"
+  fi
+}
+
+suite "emulator tests (pytest)" "$CASEY_PYTHON" -m pytest -q emulator
+suite "casey-deploy tests (cargo test)" cargo test --no-fail-fast
+suite "backend tests (cargo test)" bash -c "cd backend && CARGO_TARGET_DIR='$CASEY_CACHE/backend-target' cargo test --no-fail-fast"
+
+echo
+echo "tests: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -1,0 +1,330 @@
+//! Test harness: the project's AWS emulator on a free loopback port, a
+//! throwaway copy of the project's terraform/ pointed at it, and the real
+//! casey-deploy binary.
+//!
+//! Environment: `CASEY_PYTHON` (a Python with moto[server] and awscli; .ci/run
+//! sets it), `TF_CLI_CONFIG_FILE` (the provider mirror; .ci/run writes it).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN: &str = "casey_aniruddh";
+pub const SERVICE: &str = "casey_localdev_service";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn python() -> String {
+    std::env::var("CASEY_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
+/// Access keys of one seeded IAM user.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub arn: String,
+}
+
+/// The emulator process; stopped on drop.
+pub struct Emulator {
+    child: Child,
+    pub port: u16,
+    pub endpoint: String,
+    pub account_id: String,
+    admin: Keys,
+    service: Keys,
+    _dir: tempfile::TempDir,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Emulator {
+    pub fn start() -> Emulator {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("seed.json");
+        let port = free_port();
+        let script = repo_root().join("emulator/casey_emulator.py");
+        let log = std::fs::File::create(dir.path().join("emulator.log")).unwrap();
+        let child = Command::new(python())
+            .arg(&script)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--seed-file"])
+            .arg(&seed)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the emulator with `{}` ({e}); run .ci/setup.sh or set CASEY_PYTHON", python()));
+        let mut emulator = Emulator {
+            child,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            account_id: String::new(),
+            admin: Keys { access_key_id: String::new(), secret_access_key: String::new(), arn: String::new() },
+            service: Keys { access_key_id: String::new(), secret_access_key: String::new(), arn: String::new() },
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !seed.exists() {
+            if let Ok(Some(status)) = emulator.child.try_wait() {
+                let log = std::fs::read_to_string(emulator._dir.path().join("emulator.log")).unwrap_or_default();
+                panic!("the emulator exited ({status}) before it was ready; is moto[server] installed for `{}`? (.ci/setup.sh installs it)\n{log}", python());
+            }
+            assert!(Instant::now() < deadline, "the emulator did not become ready in 90 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let seed: Value = serde_json::from_str(&std::fs::read_to_string(&seed).unwrap()).unwrap();
+        let keys = |name: &str| {
+            let u = &seed["users"][name];
+            Keys {
+                access_key_id: u["access_key_id"].as_str().unwrap().to_owned(),
+                secret_access_key: u["secret_access_key"].as_str().unwrap().to_owned(),
+                arn: u["arn"].as_str().unwrap().to_owned(),
+            }
+        };
+        emulator.admin = keys(ADMIN);
+        emulator.service = keys(SERVICE);
+        emulator.account_id = seed["account_id"].as_str().unwrap().to_owned();
+        emulator
+    }
+
+    pub fn admin(&self) -> &Keys {
+        &self.admin
+    }
+
+    pub fn service(&self) -> &Keys {
+        &self.service
+    }
+
+    /// Every secret the tests use: none may ever appear in output.
+    pub fn secrets(&self) -> Vec<String> {
+        vec![
+            self.admin.secret_access_key.clone(),
+            self.service.secret_access_key.clone(),
+            "123456789012-auth-token".to_owned(),
+        ]
+    }
+
+    /// The aws CLI (an independent client) as `keys`, JSON output.
+    pub fn aws_as(&self, keys: &Keys, args: &[&str]) -> Result<Value, String> {
+        let out = Command::new(python())
+            .args(["-m", "awscli", "--endpoint-url", &self.endpoint, "--region", "us-east-1", "--output", "json"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .expect("cannot run the aws CLI");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+    }
+
+    /// The aws CLI as the admin; panics on failure.
+    pub fn aws(&self, args: &[&str]) -> Value {
+        self.aws_as(&self.admin, args).unwrap_or_else(|e| panic!("aws {}: {e}", args.join(" ")))
+    }
+
+    /// A call to the emulator's control API.
+    pub fn control(&self, method: &str, path: &str, body: &Value) -> Value {
+        let body = body.to_string();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{method} {path}: {head}\n{body}");
+        serde_json::from_str(body.trim()).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a run of the binary printed.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.ok(), "expected success, got {:?}\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr);
+        self
+    }
+
+    #[track_caller]
+    pub fn assert_fails_with(&self, needle: &str) -> &Self {
+        assert!(!self.ok(), "expected failure, got success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(self.all().contains(needle), "expected output to contain `{needle}`\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+
+    /// No secret the tests know of appears in anything printed.
+    #[track_caller]
+    pub fn assert_no_secrets(&self, secrets: &[String]) -> &Self {
+        for secret in secrets {
+            assert!(!self.all().contains(secret.as_str()), "a secret value leaked into the output:\n{}", self.all());
+        }
+        self
+    }
+}
+
+/// A throwaway project: terraform/ copied from the repo (plus a test-only
+/// provider override that makes emulator gaps fail fast), and a
+/// terraform/.env with the given keys.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub endpoint: String,
+    pub secrets: Vec<String>,
+}
+
+impl Project {
+    pub fn new(emulator: &Emulator) -> Project {
+        Project::with_keys(emulator, Some(emulator.admin()))
+    }
+
+    pub fn with_keys(emulator: &Emulator, keys: Option<&Keys>) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let tf = dir.path().join("terraform");
+        std::fs::create_dir_all(&tf).unwrap();
+        for entry in std::fs::read_dir(repo_root().join("terraform")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".tf") || name == ".terraform.lock.hcl" {
+                std::fs::copy(&path, tf.join(&name)).unwrap();
+            }
+        }
+        // Test-only: moto answers some unimplemented calls with 500, which the
+        // provider would retry for 11+ minutes.
+        std::fs::write(tf.join("test_override.tf"), "provider \"aws\" {\n  max_retries = 1\n}\n").unwrap();
+        let project = Project { dir, endpoint: emulator.endpoint.clone(), secrets: emulator.secrets() };
+        if let Some(keys) = keys {
+            project.write_env(keys);
+        }
+        project
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn tf_dir(&self) -> PathBuf {
+        self.dir.path().join("terraform")
+    }
+
+    pub fn write_env(&self, keys: &Keys) {
+        let path = self.tf_dir().join(".env");
+        std::fs::write(
+            &path,
+            format!(
+                "AWS_REGION=us-east-1\nAWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\n",
+                keys.access_key_id, keys.secret_access_key
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// The casey-deploy command for this project, with a clean AWS
+    /// environment (no keys, profiles or config from the developer's machine).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_casey-deploy"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("AWS_") || (key.starts_with("CASEY_") && key != "CASEY_PYTHON") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("--project-dir")
+            .arg(self.path())
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_CONFIG_FILE", self.path().join("no-aws-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", self.path().join("no-aws-credentials"))
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn casey(&self, args: &[&str]) -> Run {
+        self.casey_with(args, &[])
+    }
+
+    pub fn casey_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("cannot run casey-deploy");
+        let run = Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        run.assert_no_secrets(&self.secrets);
+        run
+    }
+
+    /// `casey-deploy infra --yes` once; panics on failure.
+    pub fn apply_stack(&self) -> Run {
+        let run = self.casey(&["infra", "--yes"]);
+        run.assert_ok();
+        run
+    }
+
+    /// Raw terraform in this project (for what the tool does not do, such as
+    /// a targeted bootstrap apply), with the given keys.
+    pub fn terraform(&self, keys: &Keys, args: &[&str]) -> Run {
+        let out = Command::new("terraform")
+            .arg(format!("-chdir={}", self.tf_dir().display()))
+            .args(args)
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
+            .env("AWS_REGION", "us-east-1")
+            .env_remove("AWS_PROFILE")
+            .env("TF_IN_AUTOMATION", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run terraform");
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
