@@ -78,8 +78,10 @@ impl Terraform {
         &self.dir
     }
 
-    fn cmd(&self, sub: &str) -> Command {
-        let mut cmd = Command::new("terraform").arg(format!("-chdir={}", self.dir.display())).arg(sub);
+    /// `terraform -chdir=DIR <words…> [-no-color]`.
+    fn cmd(&self, words: &[&str]) -> Command {
+        let mut cmd =
+            Command::new("terraform").arg(format!("-chdir={}", self.dir.display())).args(words.iter().copied());
         if !std::io::stderr().is_terminal() {
             cmd = cmd.arg("-no-color");
         }
@@ -87,7 +89,7 @@ impl Terraform {
     }
 
     pub fn init(&self) -> Result<()> {
-        let out = self.cmd("init").args(["-input=false"]).quiet().run()?;
+        let out = self.cmd(&["init"]).args(["-input=false"]).quiet().run()?;
         if !out.success() {
             bail!("`terraform init` failed in {}:\n{}", self.dir.display(), out.tail(20));
         }
@@ -96,7 +98,7 @@ impl Terraform {
 
     /// One plan, saved to `plan_file`.
     pub fn plan(&self, plan_file: &PlanFile, mode: PlanMode) -> Result<Plan> {
-        let mut cmd = self.cmd("plan").args(["-input=false", "-detailed-exitcode", "-lock-timeout=10s"]);
+        let mut cmd = self.cmd(&["plan"]).args(["-input=false", "-detailed-exitcode", "-lock-timeout=10s"]);
         cmd = match mode {
             PlanMode::Normal => cmd,
             PlanMode::RefreshOnly => cmd.arg("-refresh-only"),
@@ -112,14 +114,14 @@ impl Terraform {
     }
 
     pub fn show_json(&self, plan_file: &PlanFile) -> Result<Value> {
-        let out = self.cmd("show").arg("-json").arg(plan_file.path().display().to_string()).quiet().run_ok()?;
+        let out = self.cmd(&["show"]).arg("-json").arg(plan_file.path().display().to_string()).quiet().run_ok()?;
         serde_json::from_str(&out.stdout).context("`terraform show -json` printed something that is not JSON")
     }
 
     /// Apply exactly the saved plan.
     pub fn apply(&self, plan_file: &PlanFile) -> Result<Output> {
         let out = self
-            .cmd("apply")
+            .cmd(&["apply"])
             .args(["-input=false", "-lock-timeout=10s"])
             .arg(plan_file.path().display().to_string())
             .run()?;
@@ -131,7 +133,7 @@ impl Terraform {
 
     /// Addresses in the state (empty when there is no state yet).
     pub fn state_list(&self) -> Result<Vec<String>> {
-        let out = self.cmd("state").arg("list").quiet().run()?;
+        let out = self.cmd(&["state", "list"]).quiet().run()?;
         if !out.success() {
             if out.stderr.contains("No state file") {
                 return Ok(Vec::new());
@@ -142,7 +144,7 @@ impl Terraform {
     }
 
     pub fn import(&self, address: &str, id: &str) -> Result<Output> {
-        self.cmd("import")
+        self.cmd(&["import"])
             .args(["-input=false", "-lock-timeout=10s"])
             .args(self.var_args.clone())
             .arg(address)
@@ -153,7 +155,7 @@ impl Terraform {
 
     /// All outputs, from one `terraform output -json`.
     pub fn outputs(&self) -> Result<serde_json::Map<String, Value>> {
-        let out = self.cmd("output").arg("-json").quiet().run_ok()?;
+        let out = self.cmd(&["output"]).arg("-json").quiet().run_ok()?;
         let json: Value =
             serde_json::from_str(&out.stdout).context("`terraform output -json` printed something that is not JSON")?;
         let map = json.as_object().cloned().unwrap_or_default();
