@@ -1,0 +1,658 @@
+################################################################################
+# Existing IAM users (https://docs.aws.amazon.com/IAM/latest/UserGuide/id_users.html)
+#
+# Terraform does not create the two users. aws_iam_user fails with a bare
+# NoSuchEntity when a user is missing, so a lookup through aws_iam_users (which
+# returns an empty list instead of failing) guards each read with a precondition
+# that names the variable to set.
+################################################################################
+
+data "aws_iam_users" "service_account" {
+  # The name is escaped for the regex: IAM names may contain "." and "+".
+  name_regex = "^${replace(var.service_account_iam_user_name, "/([.+])/", "\\$1")}$"
+}
+
+data "aws_iam_users" "terraform_admin" {
+  name_regex = "^${replace(var.terraform_admin_iam_user_name, "/([.+])/", "\\$1")}$"
+}
+
+data "aws_iam_user" "service_account" {
+  user_name = var.service_account_iam_user_name
+
+  lifecycle {
+    precondition {
+      condition     = contains(data.aws_iam_users.service_account.names, var.service_account_iam_user_name)
+      error_message = "The service-account IAM user \"${var.service_account_iam_user_name}\" does not exist in AWS account ${local.account_id}. Terraform does not create it: create it first, or set -var service_account_iam_user_name=<existing user> (variable service_account_iam_user_name)."
+    }
+  }
+}
+
+data "aws_iam_user" "terraform_admin" {
+  user_name = var.terraform_admin_iam_user_name
+
+  lifecycle {
+    precondition {
+      condition     = contains(data.aws_iam_users.terraform_admin.names, var.terraform_admin_iam_user_name)
+      error_message = "The Terraform admin IAM user \"${var.terraform_admin_iam_user_name}\" does not exist in AWS account ${local.account_id}. Terraform does not create it: create it first, or set -var terraform_admin_iam_user_name=<existing user> (variable terraform_admin_iam_user_name)."
+    }
+  }
+}
+
+################################################################################
+# casey-backend-ai: what the backend may call at runtime
+# (ECS task role and the local-development service account)
+################################################################################
+
+data "aws_iam_policy_document" "casey_backend" {
+  #checkov:skip=CKV_AWS_356:polly:SynthesizeSpeech can only be scoped to pronunciation lexicons, which the backend does not use; plain synthesis needs "*".
+  statement {
+    sid = "Transcribe"
+    # Transcribe streaming and job actions do not support resource-level permissions.
+    actions = [
+      "transcribe:StartStreamTranscription",
+      "transcribe:StartStreamTranscriptionWebSocket",
+    ]
+    resources = ["*"]
+  }
+
+  statement {
+    sid = "BedrockInvoke"
+    actions = [
+      "bedrock:InvokeModel",
+      "bedrock:InvokeModelWithResponseStream",
+      "bedrock:GetInferenceProfile",
+    ]
+    # Cross-region inference profiles route to foundation models in other
+    # regions, hence the region wildcard on foundation-model.
+    resources = [
+      "arn:${local.partition}:bedrock:*::foundation-model/*",
+      "arn:${local.partition}:bedrock:*:${local.account_id}:inference-profile/*",
+      "arn:${local.partition}:bedrock:*:${local.account_id}:application-inference-profile/*",
+    ]
+  }
+
+  statement {
+    sid = "Polly"
+    # SynthesizeSpeech only scopes to lexicons; voices are not resources.
+    actions = [
+      "polly:SynthesizeSpeech",
+      "polly:DescribeVoices",
+    ]
+    resources = ["*"]
+  }
+
+  statement {
+    sid = "UsageLogs"
+    actions = [
+      "logs:CreateLogStream",
+      "logs:PutLogEvents",
+      "logs:DescribeLogStreams",
+    ]
+    resources = [
+      aws_cloudwatch_log_group.casey_backend_aws_usage.arn,
+      "${aws_cloudwatch_log_group.casey_backend_aws_usage.arn}:*",
+    ]
+  }
+}
+
+resource "aws_iam_policy" "casey_backend" {
+  name        = local.backend_policy_name
+  description = "casey backend runtime: Transcribe, Bedrock, Polly and CloudWatch Logs usage records"
+  policy      = data.aws_iam_policy_document.casey_backend.json
+
+  # A policy created by hand and then imported (README troubleshooting) usually
+  # has another description; description forces replacement, which would
+  # detach the policy from the service account and the task role.
+  lifecycle {
+    ignore_changes = [description]
+  }
+}
+
+resource "aws_iam_user_policy_attachment" "casey_backend" {
+  #checkov:skip=CKV_AWS_40:The spec attaches this policy to the existing local-development service-account user; Terraform does not manage groups for it.
+  user       = data.aws_iam_user.service_account.user_name
+  policy_arn = aws_iam_policy.casey_backend.arn
+}
+
+################################################################################
+# ECS roles (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task_execution_IAM_role.html)
+################################################################################
+
+data "aws_iam_policy_document" "ecs_tasks_assume" {
+  statement {
+    sid     = "EcsTasksAssume"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+
+    # Confused-deputy protection: only ECS tasks of this account.
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:${local.partition}:ecs:${local.region}:${local.account_id}:*"]
+    }
+  }
+}
+
+# Used by the ECS agent: pull from ECR, write to the ECS log group.
+resource "aws_iam_role" "ecs_execution" {
+  name               = local.execution_role_name
+  description        = "ECS task execution role for ${var.ecs_service_name}"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+resource "aws_iam_role_policy_attachment" "ecs_execution" {
+  role       = aws_iam_role.ecs_execution.name
+  policy_arn = local.ecs_task_execution_arn
+}
+
+# Used by the backend process itself.
+resource "aws_iam_role" "ecs_task" {
+  name               = local.task_role_name
+  description        = "ECS task role for ${var.ecs_service_name} (casey-backend-ai)"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+resource "aws_iam_role_policy_attachment" "ecs_task" {
+  role       = aws_iam_role.ecs_task.name
+  policy_arn = aws_iam_policy.casey_backend.arn
+}
+
+################################################################################
+# casey-terraform-admin: what Terraform and deploy.sh need, scoped to the
+# stack's own names where the service supports resource-level permissions
+# (https://docs.aws.amazon.com/service-authorization/latest/reference/reference_policies_actions-resources-contextkeys.html)
+################################################################################
+
+locals {
+  arn_prefix = {
+    ecr  = "arn:${local.partition}:ecr:${local.region}:${local.account_id}"
+    ecs  = "arn:${local.partition}:ecs:${local.region}:${local.account_id}"
+    ec2  = "arn:${local.partition}:ec2:${local.region}:${local.account_id}"
+    elb  = "arn:${local.partition}:elasticloadbalancing:${local.region}:${local.account_id}"
+    logs = "arn:${local.partition}:logs:${local.region}:${local.account_id}"
+    iam  = "arn:${local.partition}:iam::${local.account_id}"
+    aas  = "arn:${local.partition}:application-autoscaling:${local.region}:${local.account_id}"
+    cw   = "arn:${local.partition}:cloudwatch:${local.region}:${local.account_id}"
+    kms  = "arn:${local.partition}:kms:${local.region}:${local.account_id}"
+    acm  = "arn:${local.partition}:acm:${local.region}:${local.account_id}"
+  }
+
+  stack_role_arns = [
+    "${local.arn_prefix.iam}:role/${local.execution_role_name}",
+    "${local.arn_prefix.iam}:role/${local.task_role_name}",
+  ]
+  stack_policy_arns = [
+    "${local.arn_prefix.iam}:policy/${local.backend_policy_name}",
+    "${local.arn_prefix.iam}:policy/${local.admin_policy_name}",
+  ]
+  stack_user_arns = [
+    data.aws_iam_user.service_account.arn,
+    data.aws_iam_user.terraform_admin.arn,
+  ]
+  stack_log_group_arns = [
+    "${local.arn_prefix.logs}:log-group:${local.usage_log_group_name}",
+    "${local.arn_prefix.logs}:log-group:${local.usage_log_group_name}:*",
+    "${local.arn_prefix.logs}:log-group:${var.ecs_log_group_name}",
+    "${local.arn_prefix.logs}:log-group:${var.ecs_log_group_name}:*",
+  ]
+  stack_ecs_arns = [
+    "${local.arn_prefix.ecs}:cluster/${var.ecs_cluster_name}",
+    "${local.arn_prefix.ecs}:service/${var.ecs_cluster_name}/${var.ecs_service_name}",
+    "${local.arn_prefix.ecs}:task-definition/${local.task_definition_family}:*",
+    "${local.arn_prefix.ecs}:task/${var.ecs_cluster_name}/*",
+  ]
+  stack_elb_arns = [
+    "${local.arn_prefix.elb}:loadbalancer/app/${local.alb_name}/*",
+    "${local.arn_prefix.elb}:listener/app/${local.alb_name}/*",
+    "${local.arn_prefix.elb}:listener-rule/app/${local.alb_name}/*",
+    "${local.arn_prefix.elb}:targetgroup/${local.alb_name}/*",
+  ]
+}
+
+data "aws_iam_policy_document" "terraform_admin" {
+  #checkov:skip=CKV_AWS_356:Only ecs:ListTasks/ListServices use "*" among restrictable actions (ListTasks scopes to container instances, which Fargate has none of); both are limited to the stack's cluster by the ecs:cluster condition.
+  # --- Actions that AWS only grants on "*" (no resource-level permissions) ---
+  statement {
+    sid = "GlobalReadOnly"
+    actions = [
+      "sts:GetCallerIdentity",
+      "iam:ListUsers",
+      "ec2:DescribeAccountAttributes",
+      "ec2:DescribeAvailabilityZones",
+      "ec2:DescribeNetworkInterfaces",
+      "ec2:DescribeRouteTables",
+      "ec2:DescribeSecurityGroupRules",
+      "ec2:DescribeSecurityGroups",
+      "ec2:DescribeSubnets",
+      "ec2:DescribeVpcs",
+      "ecs:DescribeTaskDefinition",
+      "ecs:ListClusters",
+      "ecs:ListTaskDefinitions",
+      "elasticloadbalancing:DescribeCapacityReservation",
+      "elasticloadbalancing:DescribeListenerAttributes",
+      "elasticloadbalancing:DescribeListeners",
+      "elasticloadbalancing:DescribeLoadBalancerAttributes",
+      "elasticloadbalancing:DescribeLoadBalancers",
+      "elasticloadbalancing:DescribeRules",
+      "elasticloadbalancing:DescribeSSLPolicies",
+      "elasticloadbalancing:DescribeTags",
+      "elasticloadbalancing:DescribeTargetGroupAttributes",
+      "elasticloadbalancing:DescribeTargetGroups",
+      "elasticloadbalancing:DescribeTargetHealth",
+      "logs:DescribeLogGroups",
+      "application-autoscaling:DescribeScalableTargets",
+      "application-autoscaling:DescribeScalingActivities",
+      "application-autoscaling:DescribeScalingPolicies",
+      "acm:ListCertificates",
+      "ecr:GetAuthorizationToken",
+    ]
+    resources = ["*"]
+  }
+
+  # RegisterTaskDefinition / DeregisterTaskDefinition have no resource type.
+  statement {
+    sid = "EcsTaskDefinitions"
+    actions = [
+      "ecs:RegisterTaskDefinition",
+      "ecs:DeregisterTaskDefinition",
+    ]
+    resources = ["*"]
+  }
+
+  # ListTasks only supports container-instance ARNs, which Fargate tasks do
+  # not have; the ecs:cluster condition limits it to the stack's cluster.
+  statement {
+    sid       = "EcsListTasksInStackCluster"
+    actions   = ["ecs:ListTasks", "ecs:ListServices"]
+    resources = ["*"]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = ["${local.arn_prefix.ecs}:cluster/${var.ecs_cluster_name}"]
+    }
+  }
+
+  statement {
+    sid = "EcsStackResources"
+    actions = [
+      "ecs:CreateCluster",
+      "ecs:CreateService",
+      "ecs:DeleteCluster",
+      "ecs:DescribeClusters",
+      "ecs:PutClusterCapacityProviders",
+      "ecs:UpdateCluster",
+      "ecs:UpdateClusterSettings",
+      "ecs:DeleteService",
+      "ecs:DescribeServices",
+      "ecs:UpdateService",
+      "ecs:DescribeTasks",
+      "ecs:ListTagsForResource",
+      "ecs:TagResource",
+      "ecs:UntagResource",
+    ]
+    resources = local.stack_ecs_arns
+  }
+
+  statement {
+    sid = "EcrStackRepository"
+    actions = [
+      "ecr:CreateRepository",
+      "ecr:DeleteRepository",
+      "ecr:DescribeRepositories",
+      "ecr:PutImageScanningConfiguration",
+      "ecr:PutImageTagMutability",
+      "ecr:PutEncryptionConfiguration",
+      "ecr:GetLifecyclePolicy",
+      "ecr:PutLifecyclePolicy",
+      "ecr:DeleteLifecyclePolicy",
+      "ecr:GetRepositoryPolicy",
+      "ecr:ListTagsForResource",
+      "ecr:TagResource",
+      "ecr:UntagResource",
+      # Image push/pull for deploy.sh.
+      "ecr:BatchCheckLayerAvailability",
+      "ecr:InitiateLayerUpload",
+      "ecr:UploadLayerPart",
+      "ecr:CompleteLayerUpload",
+      "ecr:PutImage",
+      "ecr:BatchGetImage",
+      "ecr:GetDownloadUrlForLayer",
+      "ecr:DescribeImages",
+      "ecr:ListImages",
+      "ecr:BatchDeleteImage",
+    ]
+    resources = ["${local.arn_prefix.ecr}:repository/${var.ecr_repository_name}"]
+  }
+
+  # ECR grants itself access to the AWS managed aws/ecr key on repository
+  # creation and retires the grant on deletion.
+  statement {
+    sid = "EcrKmsGrants"
+    actions = [
+      "kms:CreateGrant",
+      "kms:DescribeKey",
+      "kms:RetireGrant",
+    ]
+    resources = ["${local.arn_prefix.kms}:key/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["ecr.${local.region}.amazonaws.com"]
+    }
+  }
+
+  statement {
+    sid = "LogsStackLogGroups"
+    actions = [
+      "logs:CreateLogGroup",
+      "logs:DeleteLogGroup",
+      "logs:PutRetentionPolicy",
+      "logs:DeleteRetentionPolicy",
+      "logs:ListTagsForResource",
+      "logs:ListTagsLogGroup",
+      "logs:TagResource",
+      "logs:TagLogGroup",
+      "logs:UntagResource",
+      "logs:UntagLogGroup",
+      "logs:DescribeLogStreams",
+      "logs:GetLogEvents",
+      "logs:FilterLogEvents",
+    ]
+    resources = local.stack_log_group_arns
+  }
+
+  # --- EC2: security groups are scoped by the Project tag once they exist.
+  # VPC ARNs use a wildcard so that changing vpc_id does not need a policy
+  # update first (the new VPC is read and used in the same plan/apply). ---
+  statement {
+    sid       = "Ec2DescribeStackVpc"
+    actions   = ["ec2:DescribeVpcAttribute"]
+    resources = ["${local.arn_prefix.ec2}:vpc/*"]
+  }
+
+  statement {
+    sid     = "Ec2CreateSecurityGroup"
+    actions = ["ec2:CreateSecurityGroup"]
+    resources = [
+      "${local.arn_prefix.ec2}:vpc/*",
+      "${local.arn_prefix.ec2}:security-group/*",
+    ]
+  }
+
+  statement {
+    sid = "Ec2TagOnCreate"
+    actions = [
+      "ec2:CreateTags",
+    ]
+    resources = [
+      "${local.arn_prefix.ec2}:security-group/*",
+      "${local.arn_prefix.ec2}:security-group-rule/*",
+    ]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:CreateAction"
+      values   = ["CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress"]
+    }
+  }
+
+  statement {
+    sid = "Ec2ManageStackSecurityGroups"
+    actions = [
+      "ec2:AuthorizeSecurityGroupEgress",
+      "ec2:AuthorizeSecurityGroupIngress",
+      "ec2:CreateTags",
+      "ec2:DeleteSecurityGroup",
+      "ec2:DeleteTags",
+      "ec2:ModifySecurityGroupRules",
+      "ec2:RevokeSecurityGroupEgress",
+      "ec2:RevokeSecurityGroupIngress",
+      "ec2:UpdateSecurityGroupRuleDescriptionsEgress",
+      "ec2:UpdateSecurityGroupRuleDescriptionsIngress",
+    ]
+    resources = ["${local.arn_prefix.ec2}:security-group/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/Project"
+      values   = [local.project]
+    }
+  }
+
+  # Rules are only reachable through their (tag-scoped) security group.
+  statement {
+    sid = "Ec2SecurityGroupRules"
+    actions = [
+      "ec2:AuthorizeSecurityGroupEgress",
+      "ec2:AuthorizeSecurityGroupIngress",
+      "ec2:CreateTags",
+      "ec2:DeleteTags",
+      "ec2:ModifySecurityGroupRules",
+      "ec2:RevokeSecurityGroupEgress",
+      "ec2:RevokeSecurityGroupIngress",
+    ]
+    resources = ["${local.arn_prefix.ec2}:security-group-rule/*"]
+  }
+
+  statement {
+    sid = "ElbStackResources"
+    actions = [
+      "elasticloadbalancing:AddTags",
+      "elasticloadbalancing:CreateListener",
+      "elasticloadbalancing:CreateLoadBalancer",
+      "elasticloadbalancing:CreateTargetGroup",
+      "elasticloadbalancing:DeleteListener",
+      "elasticloadbalancing:DeleteLoadBalancer",
+      "elasticloadbalancing:DeleteTargetGroup",
+      "elasticloadbalancing:ModifyListener",
+      "elasticloadbalancing:ModifyListenerAttributes",
+      "elasticloadbalancing:ModifyLoadBalancerAttributes",
+      "elasticloadbalancing:ModifyTargetGroup",
+      "elasticloadbalancing:ModifyTargetGroupAttributes",
+      "elasticloadbalancing:RemoveTags",
+      "elasticloadbalancing:SetSecurityGroups",
+      "elasticloadbalancing:SetSubnets",
+    ]
+    resources = local.stack_elb_arns
+  }
+
+  statement {
+    sid       = "AcmDescribeCertificates"
+    actions   = ["acm:DescribeCertificate", "acm:ListTagsForCertificate"]
+    resources = ["${local.arn_prefix.acm}:certificate/*"]
+  }
+
+  statement {
+    sid = "AppAutoScaling"
+    actions = [
+      "application-autoscaling:DeleteScalingPolicy",
+      "application-autoscaling:DeregisterScalableTarget",
+      "application-autoscaling:ListTagsForResource",
+      "application-autoscaling:PutScalingPolicy",
+      "application-autoscaling:RegisterScalableTarget",
+      "application-autoscaling:TagResource",
+      "application-autoscaling:UntagResource",
+    ]
+    resources = ["${local.arn_prefix.aas}:scalable-target/*"]
+  }
+
+  # Target tracking creates and deletes its CloudWatch alarms with the caller's rights.
+  statement {
+    sid = "TargetTrackingAlarms"
+    actions = [
+      "cloudwatch:DeleteAlarms",
+      "cloudwatch:DescribeAlarms",
+      "cloudwatch:PutMetricAlarm",
+    ]
+    resources = ["${local.arn_prefix.cw}:alarm:TargetTracking-${local.autoscaling_resource_id}-*"]
+  }
+
+  # --- IAM: only the stack's own policies, roles and users ---
+  statement {
+    sid = "IamStackPolicies"
+    actions = [
+      "iam:CreatePolicy",
+      "iam:CreatePolicyVersion",
+      "iam:DeletePolicy",
+      "iam:DeletePolicyVersion",
+      "iam:GetPolicy",
+      "iam:GetPolicyVersion",
+      "iam:ListEntitiesForPolicy",
+      "iam:ListPolicyTags",
+      "iam:ListPolicyVersions",
+      "iam:TagPolicy",
+      "iam:UntagPolicy",
+    ]
+    resources = local.stack_policy_arns
+  }
+
+  statement {
+    sid = "IamStackRoles"
+    actions = [
+      "iam:CreateRole",
+      "iam:DeleteRole",
+      "iam:GetRole",
+      "iam:ListAttachedRolePolicies",
+      "iam:ListInstanceProfilesForRole",
+      "iam:ListRolePolicies",
+      "iam:ListRoleTags",
+      "iam:TagRole",
+      "iam:UntagRole",
+      "iam:UpdateAssumeRolePolicy",
+      "iam:UpdateRole",
+      "iam:UpdateRoleDescription",
+    ]
+    resources = local.stack_role_arns
+  }
+
+  statement {
+    sid = "IamStackRolePolicyAttachments"
+    actions = [
+      "iam:AttachRolePolicy",
+      "iam:DetachRolePolicy",
+    ]
+    resources = local.stack_role_arns
+
+    condition {
+      test     = "ArnEquals"
+      variable = "iam:PolicyARN"
+      values   = [local.ecs_task_execution_arn, "${local.arn_prefix.iam}:policy/${local.backend_policy_name}"]
+    }
+  }
+
+  statement {
+    sid       = "IamPassTaskRolesToEcs"
+    actions   = ["iam:PassRole"]
+    resources = local.stack_role_arns
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+
+  statement {
+    sid = "IamStackUsers"
+    actions = [
+      "iam:GetUser",
+      "iam:ListAttachedUserPolicies",
+    ]
+    resources = local.stack_user_arns
+  }
+
+  # Only the two stack policies can be attached, so the admin cannot grant
+  # itself (or the service account) anything else.
+  statement {
+    sid = "IamStackUserPolicyAttachments"
+    actions = [
+      "iam:AttachUserPolicy",
+      "iam:DetachUserPolicy",
+    ]
+    resources = local.stack_user_arns
+
+    condition {
+      test     = "ArnEquals"
+      variable = "iam:PolicyARN"
+      values   = local.stack_policy_arns
+    }
+  }
+
+  statement {
+    sid       = "IamServiceLinkedRoles"
+    actions   = ["iam:CreateServiceLinkedRole"]
+    resources = ["${local.arn_prefix.iam}:role/aws-service-role/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:AWSServiceName"
+      values = [
+        "ecs.amazonaws.com",
+        "ecs.application-autoscaling.amazonaws.com",
+        "elasticloadbalancing.amazonaws.com",
+      ]
+    }
+  }
+
+  # RegisterScalableTarget passes the ECS auto scaling service-linked role.
+  statement {
+    sid       = "IamPassAutoScalingRole"
+    actions   = ["iam:PassRole"]
+    resources = [local.autoscaling_service_role]
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["application-autoscaling.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_policy" "terraform_admin" {
+  name        = local.admin_policy_name
+  description = "casey Terraform admin: manage the casey stack (ECR, ECS, ALB, security groups, IAM, logs, auto scaling)"
+  policy      = data.aws_iam_policy_document.terraform_admin.json
+
+  # Replacing this policy would detach it from the admin mid-apply (see the
+  # attachment below); an imported policy's description must not force that.
+  lifecycle {
+    prevent_destroy = true
+    ignore_changes  = [description]
+  }
+}
+
+# Lock-out protection. The admin user runs Terraform with (ideally) only this
+# policy. Nothing in the stack depends on this attachment, so `terraform destroy`
+# would detach it in its first wave and every later call would be denied,
+# leaving a half-destroyed stack and an admin who can no longer fix it.
+# prevent_destroy makes Terraform refuse any plan that deletes or replaces it
+# (including a change of terraform_admin_iam_user_name). To tear the stack down:
+#   terraform state rm aws_iam_user_policy_attachment.terraform_admin aws_iam_policy.terraform_admin
+#   terraform destroy
+# The policy then stays attached in AWS, so the admin keeps the rights to
+# re-create the stack; before that, adopt the two again (or apply fails with
+# EntityAlreadyExists):
+#   terraform import aws_iam_policy.terraform_admin arn:aws:iam::<account>:policy/casey-terraform-admin
+#   terraform import aws_iam_user_policy_attachment.terraform_admin <admin user>/arn:aws:iam::<account>:policy/casey-terraform-admin
+# Detach and delete it with another principal when decommissioning for good.
+resource "aws_iam_user_policy_attachment" "terraform_admin" {
+  #checkov:skip=CKV_AWS_40:The spec attaches the deployer policy to the existing admin IAM user; Terraform does not manage groups for it.
+  user       = data.aws_iam_user.terraform_admin.user_name
+  policy_arn = aws_iam_policy.terraform_admin.arn
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}

@@ -1,0 +1,31 @@
+locals {
+  # Value of the Project tag on every resource; the admin policy scopes
+  # security-group changes to it.
+  project = "casey"
+
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+  region     = var.aws_region
+
+  # The deploy tool and scripts rely on these two: the container name is what
+  # ECS reports in DescribeTasks, and clients connect to ws://<task ip>:3001/ws
+  # when there is no ALB.
+  container_name = "casey-backend"
+  container_port = 3001
+
+  backend_policy_name    = "casey-backend-ai"
+  admin_policy_name      = "casey-terraform-admin"
+  usage_log_group_name   = "casey-backend-aws-usage"
+  execution_role_name    = "${var.ecs_service_name}-ecs-execution"
+  task_role_name         = "${var.ecs_service_name}-ecs-task"
+  task_definition_family = var.ecs_service_name
+  # ALB and target group names: 1-32 letters, digits and dashes.
+  alb_name                 = trim(substr(replace(var.ecs_service_name, "_", "-"), 0, 32), "-")
+  security_group_tasks     = "${var.ecs_service_name}-tasks"
+  security_group_alb       = "${var.ecs_service_name}-alb"
+  ecs_task_execution_arn   = "arn:${local.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+  backend_image            = coalesce(var.backend_container_image, "${aws_ecr_repository.backend.repository_url}:latest")
+  alb_https                = var.enable_alb && var.alb_certificate_arn != null
+  autoscaling_resource_id  = "service/${var.ecs_cluster_name}/${var.ecs_service_name}"
+  autoscaling_service_role = "arn:${local.partition}:iam::${local.account_id}:role/aws-service-role/ecs.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_ECSService"
+}
