@@ -143,7 +143,11 @@ fn admin_policy_alone_applies_the_stack_and_alb_toggles_cleanly() {
     ));
     let args = with_alb(&["destroy", "-input=false", "-auto-approve"]);
     ok(project.terraform(admin, &args.iter().map(String::as_str).collect::<Vec<_>>()));
-    assert_eq!(emulator.aws(&["ecs", "list-clusters"])["clusterArns"].as_array().unwrap().len(), 0);
+    let clusters = emulator.aws(&["ecs", "describe-clusters", "--clusters", "casey"]);
+    assert!(
+        clusters["clusters"].as_array().unwrap().iter().all(|c| c["status"] == "INACTIVE"),
+        "the cluster is deleted: {clusters}"
+    );
     assert_eq!(emulator.aws(&["elbv2", "describe-load-balancers"])["LoadBalancers"].as_array().unwrap().len(), 0);
     let attached = emulator.aws(&["iam", "list-attached-user-policies", "--user-name", common::ADMIN]);
     assert_eq!(attached["AttachedPolicies"][0]["PolicyName"], "casey-terraform-admin", "the admin keeps its rights");
