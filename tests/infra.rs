@@ -190,3 +190,53 @@ fn infra_adopts_existing_resources_survives_interrupts_and_toggles_the_alb() {
     let run = project.casey(&["infra", "--var", "enable_alb=true"]);
     assert!(run.ok() && run.stderr.contains("No changes"), "{}", run.all());
 }
+
+/// The seed's four ways to give the admin's credentials: the .env file, the
+/// default profile, a named profile, plain environment variables.
+#[test]
+fn every_credential_source_of_the_seed_works() {
+    let emulator = Emulator::start();
+    let admin = emulator.admin();
+    let project = Project::with_keys(&emulator, None);
+    let credentials = project.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[default]\naws_access_key_id = {0}\naws_secret_access_key = {1}\n\n[casey-admin]\naws_access_key_id = {0}\naws_secret_access_key = {1}\n",
+            admin.access_key_id, admin.secret_access_key
+        ),
+    )
+    .unwrap();
+    let shared = credentials.to_str().unwrap();
+
+    let run = project.casey_with(&["whoami"], &[("AWS_SHARED_CREDENTIALS_FILE", shared), ("AWS_REGION", "us-east-1")]);
+    run.assert_ok();
+    assert!(run.stderr.contains("the default AWS profile"), "{}", run.stderr);
+
+    let run = project.casey_with(
+        &["whoami"],
+        &[("AWS_SHARED_CREDENTIALS_FILE", shared), ("AWS_PROFILE", "casey-admin"), ("AWS_REGION", "us-east-1")],
+    );
+    run.assert_ok();
+    assert!(run.stderr.contains("AWS profile `casey-admin`"), "{}", run.stderr);
+
+    let run = project.casey_with(
+        &["whoami"],
+        &[
+            ("AWS_ACCESS_KEY_ID", admin.access_key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", admin.secret_access_key.as_str()),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    run.assert_ok();
+    assert!(run.stderr.contains("from the environment"), "{}", run.stderr);
+
+    // The file wins over the environment, as `source` would make it.
+    project.write_env(admin);
+    let run = project.casey_with(
+        &["whoami"],
+        &[("AWS_ACCESS_KEY_ID", emulator.service().access_key_id.as_str()), ("AWS_SECRET_ACCESS_KEY", "x")],
+    );
+    run.assert_ok();
+    assert!(run.stderr.contains("terraform/.env"), "{}", run.stderr);
+}
