@@ -154,7 +154,7 @@ ENV
     fi
     if [[ -d $STATE ]]; then
       # overlay mounts left by a killed engine would make rm fail.
-      grep -o " $STATE/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+      { grep -o " $STATE/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
       rm -rf "$STATE"
       say "removed $STATE"
     fi

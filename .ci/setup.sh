@@ -56,4 +56,6 @@ provider_installation {
 }
 HCL
 export TF_CLI_CONFIG_FILE="$CASEY_CACHE/terraformrc"
+# No calls to HashiCorp's version-check service: only loopback traffic here.
+export CHECKPOINT_DISABLE=1
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CASEY_CACHE/target}"

@@ -50,7 +50,7 @@ time_it() {
   local times=() i start end
   for i in $(seq "$runs"); do
     start=$(date +%s.%N)
-    "$@" >"$work/last.log" 2>&1 || { echo "benchmark command failed: $*"; tail -20 "$work/last.log"; exit 1; }
+    "$@" >"$work/last.log" 2>&1 || { echo "benchmark command failed: $*" >&2; tail -20 "$work/last.log" >&2; exit 1; }
     end=$(date +%s.%N)
     times+=("$(awk "BEGIN {print $end - $start}")")
   done

@@ -43,8 +43,8 @@ check "cargo fmt" bash -c "cargo fmt --check && (cd backend && cargo fmt --check
 step "docker engine + registry on loopback"
 bash .ci/docker.sh start
 services_started=1
-# shellcheck disable=SC1091
-source "${CASEY_CI_STATE:-/tmp/casey-ci}/env"
+# shellcheck disable=SC1090
+source "$(bash .ci/docker.sh env)"
 
 suite() { # NAME CMD...: a test runner; its totals are counted, and a runner
   # that fails without reporting a failed test (a build error) counts as one.

@@ -58,11 +58,13 @@ pub enum Verb {
     /// Import resources that already exist in AWS but not in the Terraform state
     Import(TfArgs),
     /// Build and push the backend image, then roll the ECS service out to it
-    Image(ImageArgs),
+    Image(ImageCmd),
     /// Print the URL the frontend should use (NEXT_PUBLIC_WS_URL)
     BackendUrl(UrlArgs),
     /// Check the AWS credentials: who is calling, and whether they may deploy
     Whoami,
+    /// Check everything a deploy needs (tools, provider, env files, credentials, region, stack); exit 1 if a deploy would fail
+    Doctor,
 }
 
 /// Terraform variables, passed through as -var / -var-file.
@@ -109,7 +111,7 @@ pub struct ImageArgs {
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
 
-    /// Push to this registry (HOST[:PORT]) instead of the ECR host, e.g. a mirror or a local registry
+    /// Push to this registry (HOST[:PORT]) instead of the ECR host, e.g. a mirror or a local registry; it must accept the ECR credentials (user AWS). The repository path stays the ECR repository's name
     #[arg(long, value_name = "HOST[:PORT]")]
     pub registry: Option<String>,
 
@@ -119,6 +121,22 @@ pub struct ImageArgs {
 
     #[command(flatten)]
     pub rollout: RolloutArgs,
+}
+
+/// `image` alone: the image options, plus what `--immutable`'s Terraform
+/// apply needs (`all` takes these from its `infra` options instead).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ImageCmd {
+    #[command(flatten)]
+    pub image: ImageArgs,
+
+    /// With --immutable: Terraform variables for the apply; pass the same ones as to `infra` (e.g. --var enable_alb=true), or Terraform reverts them
+    #[command(flatten)]
+    pub tf: TfArgs,
+
+    /// With --immutable: apply without asking for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -154,6 +172,10 @@ pub struct AllArgs {
 
     #[command(flatten)]
     pub image: ImageArgs,
+
+    /// Do not build the image while Terraform plans and applies (the build otherwise overlaps when the stack already exists)
+    #[arg(long)]
+    pub sequential: bool,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {

@@ -8,13 +8,12 @@ use anyhow::{bail, Context as _, Result};
 use aws_config::SdkConfig;
 
 use crate::cli::{Global, TfArgs};
-use crate::env::{self, Settings};
+use crate::env;
 use crate::identity::{self, Identity, Principals};
 use crate::terraform::Terraform;
 
 pub struct Ctx {
     pub project: PathBuf,
-    pub settings: Settings,
     pub principals: Principals,
     pub sdk: SdkConfig,
     pub identity: Identity,
@@ -30,6 +29,11 @@ impl Ctx {
             None => (project.join("terraform").join(".env"), false),
         };
         let settings = env::load(&env_file, explicit)?;
+        // Terraform's upgrade/advisory check calls HashiCorp on every run; a
+        // deploy tool should not phone home (and CI here may only use loopback).
+        if std::env::var_os("CHECKPOINT_DISABLE").is_none() {
+            std::env::set_var("CHECKPOINT_DISABLE", "1");
+        }
         for warning in &settings.warnings {
             eprintln!("warning: {warning}");
         }
@@ -51,7 +55,7 @@ impl Ctx {
         }
         let identity = rt.block_on(identity::caller(&sdk, &settings))?;
         identity::check(&identity, &principals)?;
-        Ok(Ctx { project, settings, principals, sdk, identity, rt })
+        Ok(Ctx { project, principals, sdk, identity, rt })
     }
 
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
@@ -78,7 +82,7 @@ impl Ctx {
     }
 }
 
-fn find_project(explicit: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn find_project(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(dir) = explicit {
         if !dir.join("terraform").is_dir() {
             bail!("{} has no terraform/ folder; pass the casey repository root with --project-dir", dir.display());

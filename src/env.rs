@@ -43,8 +43,6 @@ impl fmt::Display for Source {
 /// The loaded settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The env file that was read, if any.
-    pub env_file: Option<PathBuf>,
     pub source: Source,
     /// Warnings to show (e.g. file permissions).
     pub warnings: Vec<String>,
@@ -116,7 +114,7 @@ pub fn load(env_file: &Path, explicit: bool) -> Result<Settings> {
         let place = loaded.as_deref().map_or("the environment".to_owned(), |p| p.display().to_string());
         bail!("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not; add it to {place}");
     }
-    Ok(Settings { env_file: loaded, source, warnings })
+    Ok(Settings { source, warnings })
 }
 
 /// Parse an env file into key/value pairs, failing with the file and line.
@@ -130,9 +128,17 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
             }
             Err(dotenvy::Error::LineParse(line, _)) => {
                 let number = line_number(&text, &line);
-                // Only the key part of the line: the rest may hold a secret.
-                let shown: String =
-                    line.lines().next().unwrap_or("").chars().take_while(|c| *c != '=').take(40).collect();
+                // Only the key part of the line: the rest may hold a secret
+                // (also when the `=` is missing: `KEY secret`).
+                let shown: String = line
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .take(40)
+                    .collect();
                 bail!(
                     "{}:{number}: cannot parse this line (starts with `{}`); each line must be KEY=VALUE, with quotes around values that contain spaces",
                     path.display(),
@@ -184,6 +190,10 @@ mod tests {
         std::fs::write(&path, "AWS_REGION=us-east-1\n# comment\nNOT A VALID LINE\n").unwrap();
         let err = read_env_file(&path).unwrap_err().to_string();
         assert!(err.contains(".env:3:"), "{err}");
+        std::fs::write(&path, "AWS_REGION=us-east-1\nAWS_SECRET_ACCESS_KEY wJalrXUtnFEMI/K7MDENG\n").unwrap();
+        let err = read_env_file(&path).unwrap_err().to_string();
+        assert!(err.contains(".env:2:") && err.contains("`AWS_SECRET_ACCESS_KEY`"), "{err}");
+        assert!(!err.contains("wJalr"), "a secret leaked: {err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -4,13 +4,16 @@ mod all;
 mod aws;
 mod cli;
 mod context;
+mod doctor;
 mod env;
 mod identity;
 mod image;
 mod import;
 mod infra;
+mod outputs;
 mod process;
 mod redact;
+mod rollout;
 mod terraform;
 mod url;
 
@@ -37,9 +40,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     process::install_signal_handler()?;
+    // Doctor reports every problem, including those the guard stops at.
+    if let Verb::Doctor = &cli.command {
+        return doctor::run(&cli.global);
+    }
     let ctx = Ctx::new(&cli.global)?;
     match &cli.command {
         Verb::Whoami => Ok(()),
+        Verb::Doctor => unreachable!("doctor runs before the guard"),
         Verb::Infra(args) => infra::run(&ctx, args).map(drop),
         Verb::Import(args) => import::run(&ctx, args),
         Verb::Image(args) => image::run(&ctx, args),

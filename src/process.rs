@@ -144,11 +144,6 @@ impl Command {
         self
     }
 
-    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.dir = Some(dir.into());
-        self
-    }
-
     /// Bytes for the child's stdin (e.g. a registry password: never an argument).
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());

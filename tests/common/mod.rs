@@ -62,7 +62,9 @@ impl Emulator {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start the emulator with `{}` ({e}); run .ci/setup.sh or set CASEY_PYTHON", python()));
+            .unwrap_or_else(|e| {
+                panic!("cannot start the emulator with `{}` ({e}); run .ci/setup.sh or set CASEY_PYTHON", python())
+            });
         let mut emulator = Emulator {
             child,
             port,
@@ -151,7 +153,10 @@ impl Emulator {
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{method} {path}: {head}\n{body}");
+        assert!(
+            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+            "{method} {path}: {head}\n{body}"
+        );
         serde_json::from_str(body.trim()).unwrap_or(Value::Null)
     }
 }
@@ -189,7 +194,12 @@ impl Run {
     #[track_caller]
     pub fn assert_fails_with(&self, needle: &str) -> &Self {
         assert!(!self.ok(), "expected failure, got success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
-        assert!(self.all().contains(needle), "expected output to contain `{needle}`\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(
+            self.all().contains(needle),
+            "expected output to contain `{needle}`\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
 
@@ -318,6 +328,7 @@ impl Project {
             .env("AWS_REGION", "us-east-1")
             .env_remove("AWS_PROFILE")
             .env("TF_IN_AUTOMATION", "1")
+            .env("CHECKPOINT_DISABLE", "1")
             .stdin(Stdio::null())
             .output()
             .expect("cannot run terraform");

@@ -1,0 +1,396 @@
+//! Rolling the ECS service out, and following ONE deployment to its end.
+//!
+//! ECS's `services-stable` waiter only checks that the service settled, so it
+//! calls a circuit-breaker rollback a success. Here the deployment the
+//! rollout created is followed by id: it must reach COMPLETED with
+//! runningCount = desiredCount. It fails when that deployment is FAILED, or
+//! when it disappears or stops being PRIMARY (rolled back, or replaced by
+//! another deployment); the service's recent events and the stoppedReason of
+//! the deployment's stopped tasks are then printed.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use aws_sdk_ecs::types::{DeploymentRolloutState, DesiredStatus, Service};
+
+use crate::cli::RolloutArgs;
+use crate::context::Ctx;
+use crate::outputs::Outputs;
+use crate::redact::redact;
+
+pub fn client(ctx: &Ctx, outputs: &Outputs) -> aws_sdk_ecs::Client {
+    let config = aws_sdk_ecs::config::Builder::from(&ctx.sdk)
+        .region(aws_sdk_ecs::config::Region::new(outputs.aws_region.clone()))
+        .build();
+    aws_sdk_ecs::Client::from_conf(config)
+}
+
+/// `UpdateService --force-new-deployment` (the seed's step 4), then follow
+/// the deployment it created unless `--no-wait`.
+pub fn force_new_deployment(ctx: &Ctx, outputs: &Outputs, args: &RolloutArgs) -> Result<()> {
+    let ecs = client(ctx, outputs);
+    let (cluster, service) = (&outputs.ecs_cluster_name, &outputs.ecs_service_name);
+    eprintln!("==> ECS: forcing a new deployment of service {service} (cluster {cluster})");
+    let out = ctx
+        .block_on(ecs.update_service().cluster(cluster).service(service).force_new_deployment(true).send())
+        .map_err(|e| {
+            let text = crate::aws::error_text(&e);
+            let hint = if text.contains("NotFound") {
+                "; the service or cluster does not exist: run `casey-deploy infra` first"
+            } else if text.contains("AccessDenied") {
+                "; the admin needs ecs:UpdateService on the service"
+            } else {
+                ""
+            };
+            anyhow!("step `rollout`: UpdateService of {service} in {cluster} failed: {text}{hint}")
+        })?;
+    let id = out
+        .service()
+        .and_then(primary)
+        .ok_or_else(|| anyhow!("step `rollout`: UpdateService returned no PRIMARY deployment for {service}"))?;
+    eprintln!("ECS deployment {id} started");
+    if args.no_wait {
+        eprintln!("--no-wait: not following it; `casey-deploy backend-url --wait 300` waits for a task");
+        return Ok(());
+    }
+    follow(ctx, outputs, &id, args)
+}
+
+/// The id of the service's PRIMARY deployment (None when it has none).
+pub fn primary_deployment(ctx: &Ctx, outputs: &Outputs) -> Result<Option<String>> {
+    let ecs = client(ctx, outputs);
+    Ok(describe(ctx, &ecs, outputs)?.as_ref().and_then(primary))
+}
+
+fn primary(service: &Service) -> Option<String> {
+    service.deployments().iter().find(|d| d.status() == Some("PRIMARY")).and_then(|d| d.id()).map(str::to_owned)
+}
+
+fn describe(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs) -> Result<Option<Service>> {
+    let out = ctx
+        .block_on(ecs.describe_services().cluster(&outputs.ecs_cluster_name).services(&outputs.ecs_service_name).send())
+        .map_err(|e| {
+            anyhow!(
+                "step `rollout`: DescribeServices of {} failed: {}",
+                outputs.ecs_service_name,
+                crate::aws::error_text(&e)
+            )
+        })?;
+    Ok(out.services().first().cloned())
+}
+
+/// Where a deployment stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    InProgress,
+    Completed,
+    Failed(String),
+    /// No longer PRIMARY or gone; the reason says which deployment took over.
+    Superseded(String),
+}
+
+/// Judge deployment `id` from a DescribeServices answer.
+pub fn judge(service: &Service, id: &str) -> State {
+    let deployments = service.deployments();
+    let ours = deployments.iter().find(|d| d.id() == Some(id));
+    let newer = deployments.iter().find(|d| d.status() == Some("PRIMARY") && d.id() != Some(id));
+    let takeover = || match newer {
+        Some(d) => {
+            let reason = d.rollout_state_reason().unwrap_or_default();
+            if reason.contains("rolling back") || reason.contains("circuit breaker") {
+                format!("ECS rolled the service back (deployment {}): {reason}", d.id().unwrap_or("?"))
+            } else {
+                format!(
+                    "another deployment ({}) replaced it, e.g. a second deploy or a Terraform apply",
+                    d.id().unwrap_or("?")
+                )
+            }
+        }
+        None => "it no longer exists in the service".to_owned(),
+    };
+    let Some(ours) = ours else { return State::Superseded(takeover()) };
+    if ours.rollout_state() == Some(&DeploymentRolloutState::Failed) {
+        let reason = ours.rollout_state_reason().unwrap_or("rollout state FAILED").trim_end_matches('.').to_owned();
+        return State::Failed(match newer {
+            Some(_) => format!("{reason}; {}", takeover()),
+            None => reason,
+        });
+    }
+    if ours.status() != Some("PRIMARY") {
+        return State::Superseded(takeover());
+    }
+    let settled = ours.running_count() == ours.desired_count() && ours.pending_count() == 0;
+    match ours.rollout_state() {
+        Some(DeploymentRolloutState::Completed) if settled => State::Completed,
+        // Without a rollout state (older services): settled and alone.
+        None if settled && deployments.len() == 1 => State::Completed,
+        _ => State::InProgress,
+    }
+}
+
+/// Poll until deployment `id` completes, fails, is superseded, or the
+/// timeout passes.
+pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &RolloutArgs) -> Result<()> {
+    let ecs = client(ctx, outputs);
+    let start = Instant::now();
+    let timeout = Duration::from_secs(args.timeout);
+    let mut progress = Progress::new(start);
+    loop {
+        crate::process::check_interrupted()?;
+        let Some(service) = describe(ctx, &ecs, outputs)? else {
+            progress.finish();
+            return Err(anyhow!(
+                "step `rollout`: the service {} no longer exists in cluster {}",
+                outputs.ecs_service_name,
+                outputs.ecs_cluster_name
+            ));
+        };
+        let state = judge(&service, id);
+        progress.show(&service, id);
+        match state {
+            State::Completed => {
+                progress.finish();
+                let ours = service.deployments().iter().find(|d| d.id() == Some(id));
+                let (running, desired) = ours.map_or((0, 0), |d| (d.running_count(), d.desired_count()));
+                eprintln!(
+                    "ECS deployment {id} COMPLETED: {running}/{desired} task(s) running ({}s)",
+                    start.elapsed().as_secs()
+                );
+                return Ok(());
+            }
+            State::Failed(reason) => {
+                progress.finish();
+                return Err(diagnose(ctx, &ecs, outputs, &service, id, &format!("failed: {reason}")));
+            }
+            State::Superseded(reason) => {
+                progress.finish();
+                return Err(diagnose(ctx, &ecs, outputs, &service, id, &format!("did not complete: {reason}")));
+            }
+            State::InProgress if start.elapsed() >= timeout => {
+                progress.finish();
+                let what = format!(
+                    "did not complete within {}s (ECS keeps trying; raise --timeout, or watch it with `aws ecs describe-services`)",
+                    args.timeout
+                );
+                return Err(diagnose(ctx, &ecs, outputs, &service, id, &what));
+            }
+            State::InProgress => {}
+        }
+        // Fast at first (the emulator and small services settle in seconds),
+        // gentler on the API during long rollouts.
+        let pause = if start.elapsed() < Duration::from_secs(30) { 1 } else { 3 };
+        std::thread::sleep(
+            Duration::from_secs(pause).min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(200)),
+        );
+    }
+}
+
+/// Print the service's recent events and the deployment's stopped tasks;
+/// the error names the first stop reason.
+fn diagnose(
+    ctx: &Ctx,
+    ecs: &aws_sdk_ecs::Client,
+    outputs: &Outputs,
+    service: &Service,
+    id: &str,
+    what: &str,
+) -> anyhow::Error {
+    let since = service
+        .deployments()
+        .iter()
+        .find(|d| d.id() == Some(id))
+        .and_then(|d| d.created_at())
+        .map_or(0, |t| t.secs() - 5);
+    let mut events: Vec<_> =
+        service.events().iter().filter(|e| e.created_at().is_none_or(|t| t.secs() >= since)).take(12).collect();
+    events.reverse();
+    if !events.is_empty() {
+        eprintln!("Recent service events:");
+        for event in events {
+            let at = event.created_at().map_or_else(String::new, |t| clock(t.secs()));
+            eprintln!("  {at} {}", redact(event.message().unwrap_or_default()));
+        }
+    }
+    let reasons = match stopped_tasks(ctx, ecs, outputs, id) {
+        Ok(reasons) => reasons,
+        Err(err) => {
+            eprintln!("(could not list the stopped tasks: {err:#})");
+            Vec::new()
+        }
+    };
+    if reasons.is_empty() {
+        eprintln!("No task of deployment {id} has stopped.");
+    } else {
+        eprintln!("Stopped tasks of deployment {id}:");
+        for reason in &reasons {
+            eprintln!("  {}", redact(reason));
+        }
+    }
+    let stopped = reasons.first().map(|r| format!("\nFirst stopped task: {r}")).unwrap_or_default();
+    anyhow!("step `rollout`: ECS deployment {id} of service {} {what}{stopped}", outputs.ecs_service_name)
+}
+
+/// One line per stopped task of deployment `id`, newest first (at most 5).
+fn stopped_tasks(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs, id: &str) -> Result<Vec<String>> {
+    let listed = ctx.block_on(
+        ecs.list_tasks()
+            .cluster(&outputs.ecs_cluster_name)
+            .service_name(&outputs.ecs_service_name)
+            .desired_status(DesiredStatus::Stopped)
+            .send(),
+    )?;
+    let arns: Vec<String> = listed.task_arns().iter().take(100).cloned().collect();
+    if arns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let described =
+        ctx.block_on(ecs.describe_tasks().cluster(&outputs.ecs_cluster_name).set_tasks(Some(arns)).send())?;
+    let mut tasks: Vec<_> = described.tasks().iter().filter(|t| t.started_by() == Some(id)).collect();
+    tasks.sort_by_key(|t| std::cmp::Reverse(t.stopped_at().map_or(0, |s| s.secs())));
+    Ok(tasks
+        .iter()
+        .take(5)
+        .map(|t| {
+            let task_id = t.task_arn().and_then(|a| a.rsplit('/').next()).unwrap_or("?");
+            let mut line = format!("task {task_id}: {}", t.stopped_reason().unwrap_or("(no stoppedReason)"));
+            if let Some(code) = t.stop_code() {
+                line.push_str(&format!(" [{}]", code.as_str()));
+            }
+            for c in t.containers() {
+                if let Some(reason) = c.reason().filter(|r| Some(*r) != t.stopped_reason()) {
+                    line.push_str(&format!("; container {}: {reason}", c.name().unwrap_or("?")));
+                }
+                if let Some(code) = c.exit_code().filter(|c| *c != 0) {
+                    line.push_str(&format!("; container {} exited {code}", c.name().unwrap_or("?")));
+                }
+            }
+            line
+        })
+        .collect())
+}
+
+/// Progress while waiting: a live line on a terminal, a timestamped line per
+/// change (and one a minute) otherwise.
+struct Progress {
+    start: Instant,
+    tty: bool,
+    drawn: bool,
+    last: String,
+    last_at: Instant,
+}
+
+impl Progress {
+    fn new(start: Instant) -> Progress {
+        Progress { start, tty: std::io::stderr().is_terminal(), drawn: false, last: String::new(), last_at: start }
+    }
+
+    fn show(&mut self, service: &Service, id: &str) {
+        let ours = service.deployments().iter().find(|d| d.id() == Some(id));
+        let state = match ours {
+            Some(d) => format!(
+                "rollout {}: running {}/{} desired, pending {}{}",
+                d.rollout_state().map_or("?", |s| s.as_str()),
+                d.running_count(),
+                d.desired_count(),
+                d.pending_count(),
+                match service.deployments().len() {
+                    1 => String::new(),
+                    n => format!(", {} older deployment(s) draining", n - 1),
+                }
+            ),
+            None => "deployment gone".to_owned(),
+        };
+        let elapsed = self.start.elapsed().as_secs();
+        if self.tty {
+            eprint!("\r\x1b[2K{state} ({elapsed}s)");
+            let _ = std::io::stderr().flush();
+            self.drawn = true;
+        } else if state != self.last || self.last_at.elapsed() >= Duration::from_secs(60) {
+            eprintln!("[{}] {state} ({elapsed}s)", clock(now_secs()));
+            self.last_at = Instant::now();
+        }
+        self.last = state;
+    }
+
+    fn finish(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `HH:MM:SSZ` (UTC) of a Unix time.
+pub fn clock(secs: i64) -> String {
+    let day = secs.rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}Z", day / 3600, day % 3600 / 60, day % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_ecs::types::Deployment;
+
+    fn deployment(id: &str, status: &str, state: Option<DeploymentRolloutState>, running: i32) -> Deployment {
+        Deployment::builder()
+            .id(id)
+            .status(status)
+            .set_rollout_state(state)
+            .rollout_state_reason(if id == "rb" {
+                "ECS deployment circuit breaker: rolling back to deploymentId a."
+            } else {
+                ""
+            })
+            .desired_count(1)
+            .running_count(running)
+            .pending_count(1 - running)
+            .build()
+    }
+
+    fn service(deployments: Vec<Deployment>) -> Service {
+        Service::builder().set_deployments(Some(deployments)).build()
+    }
+
+    #[test]
+    fn completed_only_when_our_deployment_is_done() {
+        use DeploymentRolloutState::*;
+        let s = service(vec![
+            deployment("new", "PRIMARY", Some(InProgress), 0),
+            deployment("old", "ACTIVE", Some(Completed), 1),
+        ]);
+        assert_eq!(judge(&s, "new"), State::InProgress);
+        let s = service(vec![deployment("new", "PRIMARY", Some(Completed), 1)]);
+        assert_eq!(judge(&s, "new"), State::Completed);
+        let s = service(vec![deployment("new", "PRIMARY", None, 1)]);
+        assert_eq!(judge(&s, "new"), State::Completed);
+    }
+
+    #[test]
+    fn a_rollback_is_a_failure() {
+        use DeploymentRolloutState::*;
+        // What services-stable would accept: the service is steady again, on the old task definition.
+        let s = service(vec![deployment("rb", "PRIMARY", Some(Completed), 1)]);
+        assert!(matches!(judge(&s, "new"), State::Superseded(r) if r.contains("rolled the service back")));
+        let s = service(vec![
+            deployment("rb", "PRIMARY", Some(InProgress), 0),
+            deployment("new", "ACTIVE", Some(Failed), 0),
+        ]);
+        assert!(matches!(judge(&s, "new"), State::Failed(r) if r.contains("rolled the service back")));
+        let s = service(vec![
+            deployment("other", "PRIMARY", Some(InProgress), 0),
+            deployment("new", "ACTIVE", Some(InProgress), 1),
+        ]);
+        assert!(matches!(judge(&s, "new"), State::Superseded(r) if r.contains("replaced it")));
+    }
+
+    #[test]
+    fn clock_is_utc_time_of_day() {
+        assert_eq!(clock(0), "00:00:00Z");
+        assert_eq!(clock(86_400 + 3_723), "01:02:03Z");
+    }
+}

@@ -1,0 +1,601 @@
+//! `image`, the ECS rollout, `backend-url` and `all` against a real Docker
+//! engine, a real registry and the emulator.
+//!
+//! Needs the test engine and registry: `.ci/docker.sh start`, then
+//! `source "$(.ci/docker.sh env)"` (DOCKER_HOST, CASEY_TEST_REGISTRY); .ci/run
+//! does both. Without them the tests fail (they are never skipped).
+//!
+//! One test (`deploy_flow`) applies the stack once and runs the scenarios that
+//! need it in order; the others use a stack of outputs only (no AWS
+//! resources, applied in a second), which is all `image` and `backend-url`
+//! read before they talk to docker or ECS.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::Value;
+use sha1::Digest as _;
+
+use common::{Emulator, Project, Run};
+
+/// moto's fixed ECR GetAuthorizationToken password; the test registry's htpasswd uses it.
+const REGISTRY_PASSWORD: &str = "123456789012-auth-token";
+const REPOSITORY: &str = "casey-backend";
+
+/// The test registry (`host:port`); panics, naming .ci/docker.sh, when the
+/// engine or the registry is not there.
+fn registry() -> String {
+    let how = "start them with `.ci/docker.sh start` and `source \"$(.ci/docker.sh env)\"` (.ci/run does both)";
+    let registry = std::env::var("CASEY_TEST_REGISTRY").unwrap_or_else(|_| {
+        panic!("CASEY_TEST_REGISTRY is not set: these tests need the test Docker engine and registry; {how}")
+    });
+    assert!(
+        std::env::var("DOCKER_HOST").is_ok_and(|h| !h.is_empty()),
+        "DOCKER_HOST is not set: these tests need the test Docker engine; {how}"
+    );
+    let docker = Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
+    match docker {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "the Docker engine at DOCKER_HOST does not answer ({}); {how}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!("cannot run `docker` ({e}); install the client and {how}"),
+    }
+    let (status, _, _) = http_get(&registry, "/v2/", &[]);
+    assert_eq!(status, 401, "the registry at {registry} should ask for credentials; {how}");
+    registry
+}
+
+/// A tiny HTTP GET: (status, headers lower-cased, body).
+fn http_get(host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn registry_auth() -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("AWS:{REGISTRY_PASSWORD}")))
+}
+
+/// Tags of the repository, read through the registry's HTTP API.
+fn registry_tags(registry: &str) -> Vec<String> {
+    let auth = registry_auth();
+    let (status, _, body) = http_get(registry, &format!("/v2/{REPOSITORY}/tags/list"), &[("Authorization", &auth)]);
+    assert_eq!(status, 200, "tags/list: {body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    json["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()
+}
+
+/// The manifest digest of a tag, read through the registry's HTTP API.
+fn registry_digest(registry: &str, tag: &str) -> String {
+    let auth = registry_auth();
+    let accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+    let (status, headers, body) = http_get(
+        registry,
+        &format!("/v2/{REPOSITORY}/manifests/{tag}"),
+        &[("Authorization", &auth), ("Accept", accept)],
+    );
+    assert_eq!(status, 200, "manifest {tag}: {body}");
+    headers.into_iter().find(|(k, _)| k == "docker-content-digest").map(|(_, v)| v).expect("no Docker-Content-Digest")
+}
+
+/// A `KEY=value` line of stdout.
+fn stdout_value(run: &Run, key: &str) -> String {
+    let prefix = format!("{key}=");
+    run.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key}= line in stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr))
+        .to_owned()
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// The fixture context copied to a temp dir with a unique file content, so
+/// the image (and its digest) is new in this run. Not a git repository.
+fn unique_context() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = common::repo_root().join("tests/fixtures/scratch-context");
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(dir.path().join("hello.txt"), format!("casey-deploy test image {}\n", unique("run"))).unwrap();
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
+
+/// A project whose "stack" holds only the outputs the deploy verbs read (no
+/// AWS resources), applied in about a second.
+fn outputs_only_project(emulator: &Emulator, alb: bool) -> Project {
+    let dir = tempfile::tempdir().unwrap();
+    let tf = dir.path().join("terraform");
+    std::fs::create_dir_all(&tf).unwrap();
+    let (dns, url) = if alb {
+        (
+            "\"casey-backend-1234567890.us-east-1.elb.amazonaws.com\"",
+            "\"wss://casey-backend-1234567890.us-east-1.elb.amazonaws.com/ws\"",
+        )
+    } else {
+        ("null", "null")
+    };
+    std::fs::write(
+        tf.join("outputs.tf"),
+        format!(
+            r#"
+output "aws_region" {{ value = "us-east-1" }}
+output "ecr_repository_url" {{ value = "123456789012.dkr.ecr.us-east-1.amazonaws.com/{REPOSITORY}" }}
+output "ecs_cluster_name" {{ value = "casey" }}
+output "ecs_service_name" {{ value = "casey-backend" }}
+output "container_name" {{ value = "casey-backend" }}
+output "container_port" {{ value = 3001 }}
+output "enable_alb" {{ value = {alb} }}
+output "alb_dns_name" {{ value = {dns} }}
+output "recommended_ws_url" {{ value = {url} }}
+"#
+        ),
+    )
+    .unwrap();
+    let project = Project { dir, endpoint: emulator.endpoint.clone(), secrets: emulator.secrets() };
+    project.write_env(emulator.admin());
+    let init = project.terraform(emulator.admin(), &["init", "-input=false"]);
+    assert!(init.ok(), "terraform init: {}", init.all());
+    let apply = project.terraform(emulator.admin(), &["apply", "-auto-approve", "-input=false"]);
+    assert!(apply.ok(), "terraform apply: {}", apply.all());
+    project
+}
+
+/// Secrets beyond the harness's list: the ECR token (base64 of AWS:password).
+fn extra_secrets() -> Vec<String> {
+    vec![base64::engine::general_purpose::STANDARD.encode(format!("AWS:{REGISTRY_PASSWORD}"))]
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Task {
+    arn: String,
+    ip: String,
+    image: String,
+}
+
+/// The service's running tasks, from the emulator's own view.
+fn running_tasks(emulator: &Emulator) -> Vec<Task> {
+    let tasks = emulator.control("GET", "/_casey/ecs/tasks", &Value::Null);
+    tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["last_status"] == "RUNNING" && t["desired_status"] == "RUNNING")
+        .map(|t| Task {
+            arn: t["task_arn"].as_str().unwrap().to_owned(),
+            ip: t["public_ip"].as_str().unwrap_or_default().to_owned(),
+            image: t["containers"][0]["image"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect()
+}
+
+/// The running tasks' public IPs read like the seed's script, through the
+/// AWS API with the aws CLI (independent of the tool).
+fn public_ips_via_aws_cli(emulator: &Emulator) -> Vec<String> {
+    let arns = emulator.aws(&["ecs", "list-tasks", "--cluster", "casey", "--service-name", "casey-backend"]);
+    let arns: Vec<&str> = arns["taskArns"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    if arns.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec!["ecs", "describe-tasks", "--cluster", "casey", "--tasks"];
+    args.extend(&arns);
+    let tasks = emulator.aws(&args);
+    let enis: Vec<String> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["lastStatus"] == "RUNNING")
+        .flat_map(|t| t["attachments"][0]["details"].as_array().unwrap().clone())
+        .filter(|d| d["name"] == "networkInterfaceId")
+        .map(|d| d["value"].as_str().unwrap().to_owned())
+        .collect();
+    let mut args = vec!["ec2", "describe-network-interfaces", "--network-interface-ids"];
+    args.extend(enis.iter().map(String::as_str));
+    let described = emulator.aws(&args);
+    let mut ips: Vec<String> = described["NetworkInterfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["Association"]["PublicIp"].as_str().map(str::to_owned))
+        .collect();
+    ips.sort();
+    ips
+}
+
+fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {seconds}s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A stand-in backend on `ip:port` answering `GET /health` (200) and a
+/// WebSocket upgrade (101 with the right accept) for `connections` connections.
+fn fake_backend(ip: &str, port: u16, connections: usize) -> std::thread::JoinHandle<Vec<String>> {
+    let listener = TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("cannot listen on {ip}:{port}: {e}"));
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..connections {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut key = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("sec-websocket-key") {
+                        key = Some(v.trim().to_owned());
+                    }
+                }
+            }
+            let mut stream = stream;
+            let response = match (request_line.split_whitespace().nth(1), key) {
+                (Some("/health"), _) => {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_owned()
+                }
+                (Some("/ws"), Some(key)) => {
+                    let mut sha = sha1::Sha1::new();
+                    sha.update(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
+                    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+                    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+                }
+                _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+            };
+            stream.write_all(response.as_bytes()).unwrap();
+            seen.push(request_line.trim().to_owned());
+        }
+        seen
+    })
+}
+
+/// A second registry whose password is NOT the ECR token.
+struct OtherRegistry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OtherRegistry {
+    fn start() -> OtherRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let htpasswd = dir.path().join("htpasswd");
+        let mut child = Command::new("htpasswd")
+            .args(["-iBc"])
+            .arg(&htpasswd)
+            .arg("AWS")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("htpasswd (apache2-utils) is needed; .ci/setup.sh installs it");
+        child.stdin.take().unwrap().write_all(b"not-the-ecr-token").unwrap();
+        assert!(child.wait().unwrap().success());
+        let port = common::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: other\n    path: {}\n",
+                dir.path().join("data").display(),
+                htpasswd.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry is needed; .ci/setup.sh installs it");
+        wait_until("the second registry", 30, || TcpStream::connect(&addr).is_ok());
+        OtherRegistry { child, addr, _dir: dir }
+    }
+}
+
+impl Drop for OtherRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn context_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+#[test]
+fn missing_outputs_say_to_run_infra_first() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    let fixture = context_arg(&common::repo_root().join("tests/fixtures/scratch-context"));
+    for args in
+        [vec!["image", "--context", &fixture, "--tag", "t1"], vec!["backend-url"], vec!["backend-url", "--json"]]
+    {
+        let run = project.casey(&args);
+        run.assert_fails_with("the stack has not been applied: run `casey-deploy infra` first");
+        run.assert_no_secrets(&extra_secrets());
+    }
+}
+
+#[test]
+fn backend_url_with_an_alb_is_the_alb_url() {
+    let emulator = Emulator::start();
+    let project = outputs_only_project(&emulator, true);
+    let run = project.casey(&["backend-url"]);
+    run.assert_ok();
+    assert_eq!(stdout_value(&run, "BACKEND_WS_URL"), "wss://casey-backend-1234567890.us-east-1.elb.amazonaws.com/ws");
+    let run = project.casey(&["backend-url", "--json"]);
+    run.assert_ok();
+    let json: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["source"], "alb");
+    assert_eq!(json["url"], "wss://casey-backend-1234567890.us-east-1.elb.amazonaws.com/ws");
+    assert_eq!(json["alb_dns_name"], "casey-backend-1234567890.us-east-1.elb.amazonaws.com");
+}
+
+#[test]
+fn docker_problems_are_clear_errors() {
+    let registry = registry();
+    let emulator = Emulator::start();
+    let project = outputs_only_project(&emulator, false);
+    let (_dir, context) = unique_context();
+    let context = context_arg(&context);
+
+    // The engine is down (nothing listens on the socket).
+    let dead = tempfile::tempdir().unwrap();
+    let dead_host = format!("unix://{}", dead.path().join("docker.sock").display());
+    let run = project.casey_with(
+        &["image", "--registry", &registry, "--context", &context, "--tag", "t-dead"],
+        &[("DOCKER_HOST", &dead_host)],
+    );
+    run.assert_fails_with("step `docker`: the Docker engine is not reachable");
+    run.assert_fails_with(&dead_host);
+    run.assert_no_secrets(&extra_secrets());
+
+    // docker is not installed: a PATH with terraform only.
+    let bin = tempfile::tempdir().unwrap();
+    let terraform = Command::new("sh").args(["-c", "command -v terraform"]).output().unwrap();
+    let terraform = String::from_utf8_lossy(&terraform.stdout).trim().to_owned();
+    std::os::unix::fs::symlink(&terraform, bin.path().join("terraform")).unwrap();
+    let path = bin.path().display().to_string();
+    let run = project
+        .casey_with(&["image", "--registry", &registry, "--context", &context, "--tag", "t-none"], &[("PATH", &path)]);
+    run.assert_fails_with("could not find `docker` on PATH");
+
+    // The registry refuses the ECR credentials.
+    let other = OtherRegistry::start();
+    let run = project.casey(&["image", "--registry", &other.addr, "--context", &context, "--tag", "t-refused"]);
+    run.assert_fails_with(&format!("step `docker login`: {} refused the ECR credentials", other.addr));
+    run.assert_no_secrets(&extra_secrets());
+
+    // The build fails: the step is named, with docker's last lines.
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::write(broken.path().join("Dockerfile"), "FROM scratch\nCOPY missing-file.txt /\n").unwrap();
+    let run = project.casey(&[
+        "image",
+        "--registry",
+        &registry,
+        "--context",
+        &context_arg(broken.path()),
+        "--tag",
+        "t-broken",
+    ]);
+    run.assert_fails_with("step `docker build` failed");
+    run.assert_fails_with("missing-file.txt");
+
+    // No --tag outside a git repository: the tool says how to choose one.
+    let run = project.casey(&["image", "--registry", &registry, "--context", &context]);
+    run.assert_fails_with("pass an immutable tag with --tag TAG");
+}
+
+#[test]
+fn deploy_flow() {
+    let registry = registry();
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    project.apply_stack();
+    wait_until("the first task", 60, || !running_tasks(&emulator).is_empty());
+
+    // --- backend-url without ALB: the ENI public IP, as the AWS API reports it.
+    let run = project.casey(&["backend-url"]);
+    run.assert_ok();
+    let expected = public_ips_via_aws_cli(&emulator);
+    assert_eq!(expected.len(), 1, "one task runs: {expected:?}");
+    assert!(expected[0].starts_with("127."), "the emulator hands out loopback IPs: {expected:?}");
+    assert_eq!(stdout_value(&run, "BACKEND_WS_URL"), format!("ws://{}:3001/ws", expected[0]));
+    assert!(run.stderr.contains("changes on every deploy"), "the IP note: {}", run.stderr);
+    let json = project.casey(&["backend-url", "--json"]);
+    json.assert_ok();
+    let json: Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["source"], "tasks");
+    assert_eq!(json["tasks"][0]["public_ip"], expected[0].as_str());
+
+    // --- backend-url --check: /health 200 and a WebSocket upgrade 101, per task.
+    let server = fake_backend(&expected[0], 3001, 2);
+    let run = project.casey(&["backend-url", "--check"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("GET /health ok (200 OK); WebSocket upgrade ok (101"), "{}", run.stderr);
+    let seen = server.join().unwrap();
+    assert_eq!(seen, vec!["GET /health HTTP/1.1", "GET /ws HTTP/1.1"]);
+    // Nothing listens any more: the check fails.
+    project.casey(&["backend-url", "--check"]).assert_fails_with("--check: 1 of 1 backend URL(s) failed");
+
+    // --- image: push both tags, print the digest, follow the rollout.
+    let before = running_tasks(&emulator);
+    let (_dir, context) = unique_context();
+    let tag = unique("img");
+    let run = project.casey(&[
+        "image",
+        "--registry",
+        &registry,
+        "--context",
+        &context_arg(&context),
+        "--tag",
+        &tag,
+        "--timeout",
+        "120",
+    ]);
+    run.assert_ok();
+    run.assert_no_secrets(&extra_secrets());
+    let tags = registry_tags(&registry);
+    assert!(tags.contains(&tag) && tags.contains(&"latest".to_owned()), "both tags in the registry: {tags:?}");
+    let digest = registry_digest(&registry, &tag);
+    assert_eq!(registry_digest(&registry, "latest"), digest, "latest is the same image");
+    assert_eq!(stdout_value(&run, "IMAGE"), format!("{registry}/{REPOSITORY}:{tag}"));
+    assert_eq!(stdout_value(&run, "IMAGE_DIGEST"), format!("{registry}/{REPOSITORY}@{digest}"));
+    assert!(run.stderr.contains("COMPLETED: 1/1 task(s) running"), "rollout followed to the end: {}", run.stderr);
+    assert!(run.stderr.contains("--password-stdin") || run.stderr.contains("password from ECR on stdin"));
+    let after = running_tasks(&emulator);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(before.iter().all(|b| b.arn != after[0].arn), "the task was replaced: {before:?} -> {after:?}");
+    assert!(before.iter().all(|b| b.ip != after[0].ip), "the new task has a new IP: {before:?} -> {after:?}");
+    assert_eq!(
+        project.casey(&["backend-url"]).stdout.trim(),
+        format!("BACKEND_WS_URL=ws://{}:3001/ws", after[0].ip),
+        "backend-url follows the new task"
+    );
+
+    // --- a rollout that fails: circuit breaker, rollback; the reason is shown.
+    let reason = "CannotPullContainerError: pull image manifest has been retried 5 time(s): not found";
+    emulator.control(
+        "POST",
+        "/_casey/ecs/fail-deployments",
+        &serde_json::json!({"cluster": "casey", "service": "casey-backend", "reason": reason, "count": 1}),
+    );
+    let run = project.casey(&[
+        "image",
+        "--registry",
+        &registry,
+        "--context",
+        &context_arg(&context),
+        "--tag",
+        &format!("{tag}-2"),
+        "--timeout",
+        "120",
+    ]);
+    run.assert_fails_with("step `rollout`");
+    run.assert_fails_with(reason);
+    assert!(run.stderr.contains("rolled the service back"), "the rollback is named: {}", run.stderr);
+    assert!(run.stderr.contains("Recent service events:"), "{}", run.stderr);
+    wait_until("the rollback to settle", 60, || {
+        let tasks = running_tasks(&emulator);
+        tasks.len() == 1 && tasks[0].arn != after[0].arn
+    });
+
+    // --- all, end to end: infra (no changes) with the build alongside, push,
+    // rollout, backend-url; the default tag is the git short sha.
+    let fixture = context_arg(&common::repo_root().join("tests/fixtures/scratch-context"));
+    let run = project.casey(&["all", "--yes", "--registry", &registry, "--context", &fixture, "--timeout", "120"]);
+    run.assert_ok();
+    run.assert_no_secrets(&extra_secrets());
+    let sha = Command::new("git").args(["-C", &fixture, "rev-parse", "--short", "HEAD"]).output().unwrap();
+    let sha = String::from_utf8_lossy(&sha.stdout).trim().to_owned();
+    let image = stdout_value(&run, "IMAGE");
+    let tag = image.rsplit(':').next().unwrap();
+    assert!(tag == sha || tag == format!("{sha}-dirty"), "default tag {tag} from git {sha}");
+    let now = running_tasks(&emulator);
+    assert_eq!(now.len(), 1);
+    assert_eq!(stdout_value(&run, "NEXT_PUBLIC_WS_URL"), format!("ws://{}:3001/ws", now[0].ip));
+    for step in ["docker", "infra", "build", "push", "rollout", "backend-url", "total"] {
+        assert!(run.stderr.lines().any(|l| l.starts_with(step)), "summary row {step}: {}", run.stderr);
+    }
+    assert!(run.stderr.contains("in parallel with infra"), "the build overlapped terraform: {}", run.stderr);
+
+    // --- --immutable: Terraform pins <repo>:<tag>; the deployment it creates is followed.
+    let tag = unique("imm");
+    let run = project.casey(&[
+        "image",
+        "--immutable",
+        "--yes",
+        "--registry",
+        &registry,
+        "--context",
+        &context_arg(&context),
+        "--tag",
+        &tag,
+        "--timeout",
+        "120",
+    ]);
+    run.assert_ok();
+    assert!(run.stderr.contains("COMPLETED"), "{}", run.stderr);
+    let now = running_tasks(&emulator);
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].image, format!("{registry}/{REPOSITORY}:{tag}"), "the task runs the immutable tag");
+
+    // --- running tasks without a public IP: a clear error that says what to check.
+    let described = emulator.aws(&["ecs", "describe-services", "--cluster", "casey", "--services", "casey-backend"]);
+    let mut network = described["services"][0]["networkConfiguration"].clone();
+    network["awsvpcConfiguration"]["assignPublicIp"] = "DISABLED".into();
+    let network = network.to_string();
+    emulator.aws(&[
+        "ecs",
+        "update-service",
+        "--cluster",
+        "casey",
+        "--service",
+        "casey-backend",
+        "--network-configuration",
+        &network,
+        "--force-new-deployment",
+    ]);
+    wait_until("a task without a public IP", 60, || {
+        let tasks = running_tasks(&emulator);
+        !tasks.is_empty() && tasks.iter().all(|t| t.ip.is_empty())
+    });
+    let run = project.casey(&["backend-url"]);
+    run.assert_fails_with("have no public IP");
+    run.assert_fails_with("assignPublicIp");
+
+    // --- no running task: a clear error that says what to check.
+    emulator.aws(&[
+        "ecs",
+        "update-service",
+        "--cluster",
+        "casey",
+        "--service",
+        "casey-backend",
+        "--desired-count",
+        "0",
+    ]);
+    wait_until("the tasks to stop", 60, || running_tasks(&emulator).is_empty());
+    let run = project.casey(&["backend-url"]);
+    run.assert_fails_with("no backend URL: no running task in service casey-backend");
+    run.assert_fails_with("--wait SECONDS");
+    let start = Instant::now();
+    project.casey(&["backend-url", "--wait", "3"]).assert_fails_with("no running task");
+    assert!(start.elapsed() >= Duration::from_secs(3), "--wait waited");
+}
