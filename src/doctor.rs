@@ -603,7 +603,6 @@ async fn backend_identity(
     }
     let backend_sdk = builder.build();
     let settings = Settings {
-        env_file: Some(path.to_path_buf()),
         source: match profile.filter(|_| key.is_none()) {
             Some(profile) => Source::Profile(profile.clone()),
             None => Source::EnvFile(path.to_path_buf()),
