@@ -19,11 +19,11 @@ step() { printf '\n==> %s\n' "$*"; }
 passed=0; failed=0
 count() { # LOG: add cargo's and pytest's totals
   local p f
-  p=$(grep -hoE '^test result: .* ([0-9]+) passed' "$1" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-  f=$(grep -hoE '^test result: .* ([0-9]+) failed' "$1" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
-  passed=$((passed + p)); failed=$((failed + f))
-  p=$(grep -hoE '^=+ .*[0-9]+ passed' "$1" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-  f=$(grep -hoE '^=+ .*[0-9]+ failed' "$1" | grep -oE '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  # cargo: "test result: ok. 3 passed; 0 failed; ..."; pytest: "=== 2 failed, 8 passed in 1.2s ===" or "8 passed in 1s"
+  read -r p f < <(awk '
+    /^test result: / { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+    /^=*[ ]*[0-9]+ (passed|failed)/ && / in [0-9.]+s/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
+    END { print p + 0, f + 0 }' "$1")
   passed=$((passed + p)); failed=$((failed + f))
 }
 check() { # NAME CMD...: a static check counts as one test
