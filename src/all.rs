@@ -18,15 +18,21 @@ use crate::context::Ctx;
 use crate::image::{self, Image, Source};
 use crate::infra::{self, Outcome};
 use crate::outputs::Outputs;
+use crate::sandbox::{self, Sandbox};
 use crate::url;
 
 const STEPS: &[&str] = &["docker", "infra", "build", "push", "rollout", "backend-url"];
+/// Under --local the image step picks its own path (Docker or cargo).
+const LOCAL_STEPS: &[&str] = &["infra", "image", "backend-url"];
 
 pub fn run(ctx: &Ctx, args: &AllArgs) -> Result<()> {
     let started = Instant::now();
     let mut summary = Summary::default();
-    let result = steps(ctx, args, &mut summary);
-    summary.print(started.elapsed());
+    let result = match &ctx.sandbox {
+        Some(sandbox) => local_steps(ctx, sandbox, args, &mut summary),
+        None => steps(ctx, args, &mut summary),
+    };
+    summary.print(started.elapsed(), if ctx.sandbox.is_some() { LOCAL_STEPS } else { STEPS });
     let resolved = result?;
     eprintln!("Set this in the frontend's environment and redeploy it:");
     println!("NEXT_PUBLIC_WS_URL={}", resolved.url());
@@ -99,6 +105,18 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
     Ok(resolved)
 }
 
+/// The sandbox's deploy: the same infra and backend-url, and the image step
+/// of `image --local`.
+fn local_steps(ctx: &Ctx, sandbox: &Sandbox, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolved> {
+    let outcome = summary.step("infra", || infra::run(ctx, &args.infra))?;
+    summary.note("infra", if outcome == Outcome::NoChanges { "no changes" } else { "applied" });
+    summary.step("image", || sandbox::deploy_image(ctx, sandbox, &args.image))?;
+    let outputs = Outputs::load(ctx)?;
+    let resolved = summary.step("backend-url", || url::resolve(ctx, &outputs, Duration::from_secs(30)))?;
+    url::print_text(&resolved);
+    Ok(resolved)
+}
+
 /// Runs alongside `infra`: read the outputs and, when the stack exists,
 /// build the image (output captured).
 fn early_build(ctx: &Ctx, args: &AllArgs, source: &Source) -> Early {
@@ -158,10 +176,10 @@ impl Summary {
         }
     }
 
-    fn print(&self, total: Duration) {
+    fn print(&self, total: Duration, steps: &[&str]) {
         eprintln!();
         eprintln!("{:<12} {:<11} {:>8}", "step", "result", "time");
-        for step in STEPS {
+        for step in steps {
             match self.rows.iter().find(|r| r.step == *step) {
                 Some(row) => {
                     let line =

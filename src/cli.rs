@@ -44,6 +44,10 @@ pub struct Global {
     )]
     pub service_user: String,
 
+    /// Run against the local sandbox (the project's AWS emulator on loopback, started if needed) instead of AWS; implies --yes
+    #[arg(long, global = true)]
+    pub local: bool,
+
     /// Also accept this principal as the admin: a role ARN (for SSO / assumed roles) or a full caller ARN
     #[arg(long, global = true, env = "CASEY_ADMIN_PRINCIPAL", value_name = "ARN")]
     pub admin_principal: Option<String>,
@@ -61,6 +65,11 @@ pub enum Verb {
     Image(ImageCmd),
     /// Print the URL the frontend should use (NEXT_PUBLIC_WS_URL)
     BackendUrl(UrlArgs),
+    /// Start, stop or show the local sandbox that --local uses
+    Sandbox {
+        #[command(subcommand)]
+        action: SandboxAction,
+    },
     /// Check the AWS credentials: who is calling, and whether they may deploy
     Whoami,
     /// Check everything a deploy needs (tools, provider, env files, credentials, region, stack); exit 1 if a deploy would fail
@@ -183,4 +192,14 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
         _ => Err(format!("`{s}` is not KEY=VALUE (e.g. --var enable_alb=true)")),
     }
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SandboxAction {
+    /// Start the sandbox (the AWS emulator, and a registry when Docker is reachable); idempotent
+    Up,
+    /// Stop the sandbox and remove its state (.casey/sandbox)
+    Down,
+    /// Show whether the sandbox is running, and where
+    Status,
 }

@@ -10,6 +10,7 @@ use aws_config::SdkConfig;
 use crate::cli::{Global, TfArgs};
 use crate::env;
 use crate::identity::{self, Identity, Principals};
+use crate::sandbox::{self, Sandbox};
 use crate::terraform::Terraform;
 
 pub struct Ctx {
@@ -17,6 +18,9 @@ pub struct Ctx {
     pub principals: Principals,
     pub sdk: SdkConfig,
     pub identity: Identity,
+    /// Set under --local: the sandbox this run targets.
+    pub sandbox: Option<Sandbox>,
+    tf_dir: PathBuf,
     rt: tokio::runtime::Runtime,
 }
 
@@ -24,11 +28,20 @@ impl Ctx {
     /// Load settings, then run the identity guard. Nothing else runs first.
     pub fn new(global: &Global) -> Result<Ctx> {
         let project = find_project(global.project_dir.as_deref())?;
-        let (env_file, explicit) = match &global.env_file {
-            Some(path) => (path.clone(), true),
-            None => (project.join("terraform").join(".env"), false),
+        let (sandbox, settings, tf_dir) = if global.local {
+            let sandbox = sandbox::up(&project, &global.admin_user)?;
+            sandbox::activate(&sandbox);
+            let tf_dir = sandbox::terraform_dir(&project, &sandbox)?;
+            let settings =
+                env::Settings { source: env::Source::Sandbox(sandbox.endpoint.clone()), warnings: Vec::new() };
+            (Some(sandbox), settings, tf_dir)
+        } else {
+            let (env_file, explicit) = match &global.env_file {
+                Some(path) => (path.clone(), true),
+                None => (project.join("terraform").join(".env"), false),
+            };
+            (None, env::load(&env_file, explicit)?, project.join("terraform"))
         };
-        let settings = env::load(&env_file, explicit)?;
         // Terraform's upgrade/advisory check calls HashiCorp on every run; a
         // deploy tool should not phone home (and CI here may only use loopback).
         if std::env::var_os("CHECKPOINT_DISABLE").is_none() {
@@ -43,7 +56,9 @@ impl Ctx {
             service_user: global.service_user.clone(),
             admin_principal: global.admin_principal.clone(),
         };
-        identity::check_separation(&project.join("backend").join(".env"))?;
+        if sandbox.is_none() {
+            identity::check_separation(&project.join("backend").join(".env"))?;
+        }
 
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -55,7 +70,7 @@ impl Ctx {
         }
         let identity = rt.block_on(identity::caller(&sdk, &settings))?;
         identity::check(&identity, &principals)?;
-        Ok(Ctx { project, principals, sdk, identity, rt })
+        Ok(Ctx { project, principals, sdk, identity, sandbox, tf_dir, rt })
     }
 
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
@@ -66,8 +81,9 @@ impl Ctx {
         self.sdk.region().map(|r| r.to_string()).unwrap_or_default()
     }
 
+    /// `terraform/`, or the sandbox's copy of it under --local.
     pub fn terraform_dir(&self) -> PathBuf {
-        self.project.join("terraform")
+        self.tf_dir.clone()
     }
 
     /// Terraform with the variables that keep the stack and this tool in

@@ -27,6 +27,8 @@ pub enum Source {
     Profile(String),
     /// The SDK's default chain: the default profile, SSO, container or instance role.
     DefaultChain,
+    /// The local sandbox's admin (--local), at this endpoint.
+    Sandbox(String),
 }
 
 impl fmt::Display for Source {
@@ -36,6 +38,7 @@ impl fmt::Display for Source {
             Source::Environment => write!(f, "access keys from the environment (AWS_ACCESS_KEY_ID)"),
             Source::Profile(name) => write!(f, "AWS profile `{name}` (AWS_PROFILE)"),
             Source::DefaultChain => write!(f, "the default AWS profile (~/.aws/credentials or ~/.aws/config)"),
+            Source::Sandbox(endpoint) => write!(f, "the local sandbox's admin (emulator at {endpoint})"),
         }
     }
 }

@@ -117,6 +117,12 @@ impl Source {
 /// `casey-deploy image`.
 pub fn run(ctx: &Ctx, cmd: &ImageCmd) -> Result<()> {
     let args = &cmd.image;
+    if let Some(sandbox) = &ctx.sandbox {
+        if args.immutable {
+            bail!("--immutable is not supported with --local: the sandbox always rolls out the image it just built");
+        }
+        return crate::sandbox::deploy_image(ctx, sandbox, args);
+    }
     let outputs = Outputs::load(ctx)?;
     let image = Image::new(&ctx.project, args, &outputs)?;
     check_docker()?;

@@ -22,6 +22,8 @@ pub enum Outcome {
 }
 
 pub fn run(ctx: &Ctx, args: &InfraArgs) -> Result<Outcome> {
+    // The sandbox is throwaway: --local applies without asking.
+    let args = &InfraArgs { yes: args.yes || ctx.sandbox.is_some(), ..args.clone() };
     let tf = ctx.terraform(&args.tf);
     eprintln!("==> terraform init ({})", tf.dir().display());
     tf.init()?;

@@ -14,6 +14,7 @@ mod outputs;
 mod process;
 mod redact;
 mod rollout;
+mod sandbox;
 mod terraform;
 mod url;
 
@@ -44,10 +45,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Verb::Doctor = &cli.command {
         return doctor::run(&cli.global);
     }
+    if let Verb::Sandbox { action } = &cli.command {
+        let project = context::find_project(cli.global.project_dir.as_deref())?;
+        return sandbox::run(&project, action, &cli.global.admin_user);
+    }
     let ctx = Ctx::new(&cli.global)?;
     match &cli.command {
         Verb::Whoami => Ok(()),
-        Verb::Doctor => unreachable!("doctor runs before the guard"),
+        Verb::Doctor | Verb::Sandbox { .. } => unreachable!("runs before the guard"),
         Verb::Infra(args) => infra::run(&ctx, args).map(drop),
         Verb::Import(args) => import::run(&ctx, args),
         Verb::Image(args) => image::run(&ctx, args),

@@ -264,3 +264,44 @@ impl Drop for ChildGuard {
         CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| !self.0.contains(p));
     }
 }
+
+/// Start a long-running service (the sandbox's emulator or registry) in its
+/// own process group, so a Ctrl-C at the terminal does not reach it, with
+/// its output appended to `log`. Returns its pid; it outlives this process.
+pub fn spawn_service(program: &str, args: &[String], log: &std::path::Path) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("could not open {}", log.display()))?;
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Command::new(program).spawn_error(e))?;
+    Ok(child.id())
+}
+
+/// Whether a process is alive.
+pub fn alive(pid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+pub fn stop(pid: u32, grace: std::time::Duration) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + grace;
+    while alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if alive(pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}

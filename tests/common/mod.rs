@@ -339,3 +339,71 @@ impl Project {
         }
     }
 }
+
+/// GET `path` from `host:port`; returns the status code and body.
+pub fn http_get(host: &str, port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect((host, port)).map_err(|e| format!("connect {host}:{port}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status line")?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A WebSocket round trip on `ws://host:port/ws`: the server's first text
+/// message (the hello), then the echo of `text`. A minimal RFC 6455 client.
+pub fn ws_round_trip(host: &str, port: u16, text: &str) -> Result<(String, String), String> {
+    let mut stream = TcpStream::connect((host, port)).map_err(|e| format!("connect {host}:{port}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        stream,
+        "GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).map_err(|e| format!("reading the upgrade answer: {e}"))?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(format!("no upgrade: {head}"));
+    }
+    let read_text = |stream: &mut TcpStream| -> Result<String, String> {
+        loop {
+            let mut h = [0u8; 2];
+            stream.read_exact(&mut h).map_err(|e| format!("reading a frame: {e}"))?;
+            let opcode = h[0] & 0x0f;
+            let mut len = u64::from(h[1] & 0x7f);
+            if len == 126 {
+                let mut b = [0u8; 2];
+                stream.read_exact(&mut b).map_err(|e| e.to_string())?;
+                len = u64::from(u16::from_be_bytes(b));
+            } else if len == 127 {
+                let mut b = [0u8; 8];
+                stream.read_exact(&mut b).map_err(|e| e.to_string())?;
+                len = u64::from_be_bytes(b);
+            }
+            let mut payload = vec![0u8; len as usize];
+            stream.read_exact(&mut payload).map_err(|e| e.to_string())?;
+            match opcode {
+                0x1 => return Ok(String::from_utf8_lossy(&payload).into_owned()),
+                0x8 => return Err("the server closed the connection".into()),
+                _ => continue, // ping, pong, binary
+            }
+        }
+    };
+    let hello = read_text(&mut stream)?;
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let payload = text.as_bytes();
+    assert!(payload.len() < 126, "keep test messages short");
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&frame).map_err(|e| e.to_string())?;
+    let echo = read_text(&mut stream)?;
+    Ok((hello, echo))
+}
