@@ -240,3 +240,21 @@ fn every_credential_source_of_the_seed_works() {
     run.assert_ok();
     assert!(run.stderr.contains("terraform/.env"), "{}", run.stderr);
 }
+
+/// The seed's entry points still work, each as its verb.
+#[test]
+fn the_seed_scripts_call_their_verbs() {
+    for (script, verb_help) in [
+        ("deploy.sh", "Plan and apply the Terraform stack"),
+        ("scripts/get-backend-url.sh", "Print the URL the frontend should use"),
+        ("scripts/terraform-import-existing.sh", "Import resources that already exist"),
+    ] {
+        let out = std::process::Command::new(common::repo_root().join(script))
+            .arg("--help")
+            .env("CASEY_DEPLOY_BIN", env!("CARGO_BIN_EXE_casey-deploy"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains(verb_help), "{script}: {text}");
+    }
+}

@@ -213,6 +213,20 @@ impl Run {
     }
 }
 
+/// Copy the repo's `terraform/*.tf` and lock file into `project/terraform`.
+pub fn copy_terraform(project: &Path) -> PathBuf {
+    let tf = project.join("terraform");
+    std::fs::create_dir_all(&tf).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("terraform")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".tf") || name == ".terraform.lock.hcl" {
+            std::fs::copy(&path, tf.join(&name)).unwrap();
+        }
+    }
+    tf
+}
+
 /// A throwaway project: terraform/ copied from the repo (plus a test-only
 /// provider override that makes emulator gaps fail fast), and a
 /// terraform/.env with the given keys.
@@ -229,15 +243,7 @@ impl Project {
 
     pub fn with_keys(emulator: &Emulator, keys: Option<&Keys>) -> Project {
         let dir = tempfile::tempdir().unwrap();
-        let tf = dir.path().join("terraform");
-        std::fs::create_dir_all(&tf).unwrap();
-        for entry in std::fs::read_dir(repo_root().join("terraform")).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.ends_with(".tf") || name == ".terraform.lock.hcl" {
-                std::fs::copy(&path, tf.join(&name)).unwrap();
-            }
-        }
+        let tf = copy_terraform(dir.path());
         // Test-only: moto answers some unimplemented calls with 500, which the
         // provider would retry for 11+ minutes.
         std::fs::write(tf.join("test_override.tf"), "provider \"aws\" {\n  max_retries = 1\n}\n").unwrap();
