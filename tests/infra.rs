@@ -182,12 +182,46 @@ fn infra_adopts_existing_resources_survives_interrupts_and_toggles_the_alb() {
     assert!(run.stderr.contains("No changes"), "{}", run.stderr);
     assert!(!run.stderr.contains("terraform apply"), "{}", run.stderr);
 
+    // Drift: --refresh-only takes AWS's word into the state and changes nothing.
+    emulator.aws(&[
+        "logs",
+        "put-retention-policy",
+        "--log-group-name",
+        "/ecs/casey-backend",
+        "--retention-in-days",
+        "7",
+    ]);
+    let run = project.casey(&["infra", "--refresh-only", "--yes"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("changed outside Terraform"), "{}", run.stderr);
+    let retention = |e: &Emulator| {
+        e.aws(&["logs", "describe-log-groups", "--log-group-name-prefix", "/ecs/casey-backend"])["logGroups"][0]
+            ["retentionInDays"]
+            .clone()
+    };
+    assert_eq!(retention(&emulator), 7, "a refresh-only apply must not touch AWS");
+    // The next plan puts the configuration back, once confirmed.
+    project.casey(&["infra"]).assert_fails_with("1 to change");
+    project.casey(&["infra", "--yes"]).assert_ok();
+    assert_ne!(retention(&emulator), 7);
+
+    // --adopt: a resource the state lost is imported, and the apply goes on.
+    project
+        .terraform(emulator.admin(), &["state", "rm", "aws_cloudwatch_log_group.casey_backend_aws_usage"])
+        .assert_ok();
+    project.casey(&["infra", "--yes"]).assert_fails_with("casey-deploy infra --adopt");
+    let run = project.casey(&["infra", "--yes", "--adopt"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("imported aws_cloudwatch_log_group.casey_backend_aws_usage"), "{}", run.stderr);
+
     // The seed's ALB toggle.
     let lbs = |e: &Emulator| e.aws(&["elbv2", "describe-load-balancers"])["LoadBalancers"].as_array().unwrap().len();
     assert_eq!(lbs(&emulator), 0);
     project.casey(&["infra", "--yes", "--var", "enable_alb=true"]).assert_ok();
     assert_eq!(lbs(&emulator), 1);
-    let run = project.casey(&["infra", "--var", "enable_alb=true"]);
+    let var_file = project.path().join("alb.tfvars");
+    std::fs::write(&var_file, "enable_alb = true\n").unwrap();
+    let run = project.casey(&["infra", "--var-file", var_file.to_str().unwrap()]);
     assert!(run.ok() && run.stderr.contains("No changes"), "{}", run.all());
 }
 
