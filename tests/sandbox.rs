@@ -1,0 +1,217 @@
+//! `--local`: the whole deploy offline against the sandbox, with the real
+//! backend answering at the printed URL.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use common::{copy_terraform, http_get, repo_root, ws_round_trip, Run};
+
+/// Sandboxes hand out the same 127.x task addresses: one at a time.
+static ONE_SANDBOX: Mutex<()> = Mutex::new(());
+
+/// A project with the repo's terraform/ copied and backend/ linked (so cargo
+/// reuses the backend tests' build), plus a REAL-looking state and .env
+/// that a local run must never touch.
+struct LocalProject {
+    dir: tempfile::TempDir,
+}
+
+const REAL_STATE: &str =
+    r#"{"version":4,"terraform_version":"1.11.4","serial":7,"lineage":"real-deployment","outputs":{},"resources":[]}"#;
+
+impl LocalProject {
+    fn new() -> LocalProject {
+        let dir = tempfile::tempdir().unwrap();
+        let tf = copy_terraform(dir.path());
+        std::os::unix::fs::symlink(repo_root().join("backend"), dir.path().join("backend")).unwrap();
+        std::fs::write(tf.join("terraform.tfstate"), REAL_STATE).unwrap();
+        // Malformed on purpose: a local run that read it would fail.
+        std::fs::write(tf.join(".env"), "THIS LINE IS NOT KEY=VALUE AND MUST NOT BE READ\n").unwrap();
+        LocalProject { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn casey(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_casey-deploy"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("AWS_") {
+                cmd.env_remove(key);
+            }
+        }
+        // cargo builds backend/ where the backend's own tests do.
+        let home = std::env::var("HOME").unwrap();
+        let backend_target = std::env::var("CASEY_BACKEND_TARGET")
+            .unwrap_or_else(|_| format!("{home}/.cache/casey-deploy/backend-target"));
+        cmd.arg("--project-dir")
+            .arg(self.path())
+            .args(args)
+            .env("CARGO_TARGET_DIR", backend_target)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn assert_real_state_untouched(&self) {
+        let tf = self.path().join("terraform");
+        assert_eq!(std::fs::read_to_string(tf.join("terraform.tfstate")).unwrap(), REAL_STATE);
+        assert!(!tf.join(".terraform").exists(), "terraform ran in the real terraform/");
+        assert!(!tf.join("terraform.tfstate.backup").exists());
+    }
+}
+
+impl Drop for LocalProject {
+    fn drop(&mut self) {
+        let _ = self.casey(&["sandbox", "down"], &[]);
+    }
+}
+
+/// `ws://127.x.y.z:3001/ws` → (host, port).
+fn host_port(url: &str) -> (String, u16) {
+    let rest = url.trim_start_matches("ws://");
+    let hostport = rest.split('/').next().unwrap();
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    (host.to_owned(), port.parse().unwrap())
+}
+
+fn printed_url(run: &Run, key: &str) -> String {
+    run.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= line:\n{}\n{}", run.stdout, run.stderr))
+        .to_owned()
+}
+
+#[track_caller]
+fn assert_backend_answers(url: &str) {
+    let (host, port) = host_port(url);
+    assert!(host.starts_with("127."), "task addresses must be loopback: {url}");
+    let (status, body) = http_get(&host, port, "/health").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ok"), "{body}");
+    let (hello, echo) = ws_round_trip(&host, port, "hello casey").unwrap();
+    assert!(hello.contains("hello"), "{hello}");
+    assert_eq!(echo, "hello casey");
+}
+
+#[test]
+fn all_local_deploys_a_backend_that_answers_and_leaves_the_real_state_alone() {
+    let _one = ONE_SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
+    let project = LocalProject::new();
+    // No Docker engine: the cargo path, said in one line.
+    // As on a fresh machine: no terraform CLI config pointing at the provider mirror.
+    let run = project.casey(
+        &["all", "--local"],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock"), ("TF_CLI_CONFIG_FILE", "/nonexistent/terraformrc")],
+    );
+    run.assert_ok();
+    assert!(run.stderr.contains("running the tasks as local processes"), "{}", run.stderr);
+    assert!(run.stderr.contains("the admin: may deploy"), "the identity guard ran: {}", run.stderr);
+    assert!(run.stderr.contains("to add"), "the plan summary was shown: {}", run.stderr);
+    let url = printed_url(&run, "NEXT_PUBLIC_WS_URL");
+    assert_backend_answers(&url);
+    project.assert_real_state_untouched();
+
+    // The sandbox stays up: the verbs work one by one, and the same URL answers.
+    let status = project.casey(&["sandbox", "status"], &[]);
+    status.assert_ok();
+    assert!(status.stdout.contains("SANDBOX_ENDPOINT=http://127.0.0.1:"), "{}", status.stdout);
+    let again = project.casey(&["infra", "--local"], &[]);
+    again.assert_ok();
+    assert!(again.stderr.contains("No changes"), "{}", again.stderr);
+    let check = project.casey(&["backend-url", "--local", "--check"], &[]);
+    check.assert_ok();
+    assert_eq!(printed_url(&check, "BACKEND_WS_URL"), url);
+
+    // A new image: new task, new address, and it answers too.
+    let run = project.casey(&["image", "--local"], &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
+    run.assert_ok();
+    let url2 = printed_url(&project.casey(&["backend-url", "--local"], &[]), "BACKEND_WS_URL");
+    assert_ne!(url, url2, "the rollout replaced the task");
+    assert_backend_answers(&url2);
+    project.assert_real_state_untouched();
+
+    // Down: the task processes are gone with the emulator.
+    project.casey(&["sandbox", "down"], &[]).assert_ok();
+    let (host, port) = host_port(&url2);
+    assert!(http_get(&host, port, "/health").is_err(), "the backend still answers after `sandbox down`");
+    assert!(!project.path().join(".casey/sandbox").exists());
+    project.casey(&["sandbox", "status"], &[]).assert_fails_with("not running");
+}
+
+/// A `FROM scratch` image holding the real backend binary and the shared
+/// libraries it links (no base image can be pulled here).
+fn backend_scratch_context(dir: &Path) -> PathBuf {
+    let home = std::env::var("HOME").unwrap();
+    let target =
+        std::env::var("CASEY_BACKEND_TARGET").unwrap_or_else(|_| format!("{home}/.cache/casey-deploy/backend-target"));
+    let status = Command::new("cargo")
+        .args(["build", "--locked", "--bin", "casey-backend", "--manifest-path"])
+        .arg(repo_root().join("backend/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build of the backend failed");
+    let binary = PathBuf::from(&target).join("debug/casey-backend");
+    let rootfs = dir.join("rootfs");
+    let place = |from: &Path| {
+        let to = rootfs.join(from.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(std::fs::canonicalize(from).unwrap(), &to).unwrap();
+    };
+    let ldd = Command::new("ldd").arg(&binary).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let path = line.split("=>").last().unwrap().split_whitespace().next().unwrap_or("");
+        if path.starts_with('/') {
+            place(Path::new(path));
+        }
+    }
+    place(Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    let bin_dir = rootfs.join("usr/local/bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::copy(&binary, bin_dir.join("casey-backend")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/usr/local/bin/casey-backend\"]\n",
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn with_a_docker_engine_the_tasks_are_containers_of_the_pushed_image() {
+    let _one = ONE_SANDBOX.lock().unwrap_or_else(|e| e.into_inner());
+    let docker = Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
+    assert!(
+        docker.is_ok_and(|o| o.status.success()),
+        "this test needs a Docker engine: run `bash .ci/docker.sh start` and `source \"$(bash .ci/docker.sh env)\"`"
+    );
+    let project = LocalProject::new();
+    let context = tempfile::tempdir().unwrap();
+    let context = backend_scratch_context(context.path());
+    let context_arg = context.display().to_string();
+    let run = project.casey(&["all", "--local", "--context", &context_arg, "--tag", "sandbox-test"], &[]);
+    run.assert_ok();
+    assert!(run.stderr.contains("tasks run as containers"), "{}", run.stderr);
+    let url = printed_url(&run, "NEXT_PUBLIC_WS_URL");
+    assert_backend_answers(&url);
+    let ps = Command::new("docker").args(["ps", "--format", "{{.Image}} {{.Names}}"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps.lines().any(|l| l.contains("casey-backend") && l.contains("casey-task-")), "no task container: {ps}");
+    project.assert_real_state_untouched();
+    project.casey(&["sandbox", "down"], &[]).assert_ok();
+    let ps = Command::new("docker").args(["ps", "--format", "{{.Names}}"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains("casey-task-"), "task containers outlived the sandbox");
+}
