@@ -290,7 +290,7 @@ fn first_line(text: &str) -> &str {
 
 /// The registry to push to, when the Docker path can work.
 fn docker_path(sandbox: &Sandbox) -> std::result::Result<String, String> {
-    image::check_docker().map_err(|e| format!("no Docker engine is reachable ({})", first_line(&format!("{e:#}"))))?;
+    image::check_docker().map_err(|_| "no Docker engine is reachable".to_owned())?;
     sandbox.registry.clone().ok_or_else(|| "no local registry (`docker-registry`) is available".to_owned())
 }
 
