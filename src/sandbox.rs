@@ -86,6 +86,7 @@ pub fn up(project: &Path, admin_user: &str) -> Result<Sandbox> {
     if let Some(sandbox) = running(project, admin_user)? {
         return Ok(sandbox);
     }
+    let python = python_with_moto(project)?;
     let dir = dir(project);
     // A stopped emulator keeps nothing: its old Terraform state is void.
     if dir.exists() {
@@ -93,7 +94,6 @@ pub fn up(project: &Path, admin_user: &str) -> Result<Sandbox> {
         std::fs::remove_dir_all(&dir).with_context(|| format!("could not clear {}", dir.display()))?;
     }
     create_private_dir(&dir)?;
-    let python = python_with_moto(project)?;
     let script = dir.join("casey_emulator.py");
     std::fs::write(&script, EMULATOR).with_context(|| format!("could not write {}", script.display()))?;
     let seed = dir.join("seed.json");

@@ -215,3 +215,21 @@ fn with_a_docker_engine_the_tasks_are_containers_of_the_pushed_image() {
     let ps = Command::new("docker").args(["ps", "--format", "{{.Names}}"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&ps.stdout).contains("casey-task-"), "task containers outlived the sandbox");
 }
+
+#[test]
+fn without_python_the_sandbox_says_what_to_install() {
+    let project = LocalProject::new();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_casey-deploy"));
+    let out = cmd
+        .arg("--project-dir")
+        .arg(project.path())
+        .args(["sandbox", "up"])
+        .env("PATH", "/nonexistent")
+        .env_remove("CASEY_PYTHON")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("apt-get install -y python3 python3-venv"), "{stderr}");
+    assert!(!project.path().join(".casey/sandbox").exists(), "nothing is left half-made");
+}
