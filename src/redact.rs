@@ -39,7 +39,7 @@ pub fn redact(text: &str) -> String {
 pub fn key_hint(key_id: &str) -> String {
     let chars: Vec<char> = key_id.chars().collect();
     if chars.len() <= 8 {
-        return "…".repeat(1);
+        return "…".to_owned();
     }
     let head: String = chars[..4].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();

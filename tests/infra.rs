@@ -45,7 +45,7 @@ fn bad_credentials_and_settings_are_clear_errors() {
     project.write_env(&stranger);
     let run = project.casey(&["infra", "--yes"]);
     run.assert_fails_with("is not the admin user `casey_aniruddh`");
-    run.assert_no_secrets(&[stranger.secret_access_key.clone()]);
+    run.assert_no_secrets(std::slice::from_ref(&stranger.secret_access_key));
 
     // A malformed line: file and line number, and nothing of the value.
     std::fs::write(
