@@ -306,12 +306,12 @@ def test_iam_enforcement_switch(emulator):
         with pytest.raises(botocore.exceptions.ClientError, match="AccessDeniedException.*ecs:ListClusters"):
             client(emulator, "ecs", "casey_localdev_service").list_clusters()
         with pytest.raises(botocore.exceptions.ClientError, match="UnrecognizedClientException"):
-            client(emulator, "ecs", key=("AKIAUNKNOWNKEY000000", "secret")).list_clusters()
+            client(emulator, "ecs", key=("AKIDUNKNOWNKEY000000", "secret")).list_clusters()
         with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied.*iam:ListUsers"):
             client(emulator, "iam").list_users()
     finally:
         assert control(emulator, "/_casey/iam/enforce", {"enabled": False})[0] == 200
-    client(emulator, "ecs", key=("AKIAUNKNOWNKEY000000", "secret")).list_clusters()
+    client(emulator, "ecs", key=("AKIDUNKNOWNKEY000000", "secret")).list_clusters()
 
 
 # --- task runner ------------------------------------------------------------------------------------------

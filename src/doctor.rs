@@ -794,7 +794,7 @@ mod tests {
     #[test]
     fn env_summary_has_no_secrets() {
         let vars: BTreeMap<String, String> = [
-            ("AWS_ACCESS_KEY_ID", "AKIAABCDEFGHIJKLWXYZ"),
+            ("AWS_ACCESS_KEY_ID", "AKIDABCDEFGHIJKLWXYZ"),
             ("AWS_SECRET_ACCESS_KEY", "very-secret-value-0001"),
             ("AWS_REGION", "eu-west-1"),
         ]
@@ -802,6 +802,6 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let s = summary(&vars);
-        assert_eq!(s, "key AKIA…WXYZ, region eu-west-1");
+        assert_eq!(s, "key AKID…WXYZ, region eu-west-1");
     }
 }

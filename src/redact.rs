@@ -66,7 +66,7 @@ mod tests {
 
     #[test]
     fn key_hint_keeps_ends_only() {
-        assert_eq!(key_hint("AKIAABCDEFGHIJKLWXYZ"), "AKIA…WXYZ");
+        assert_eq!(key_hint("AKIDABCDEFGHIJKLWXYZ"), "AKID…WXYZ");
         assert_eq!(key_hint("short"), "…");
     }
 }
