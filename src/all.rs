@@ -110,8 +110,7 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
 fn local_steps(ctx: &Ctx, sandbox: &Sandbox, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolved> {
     let outcome = summary.step("infra", || infra::run(ctx, &args.infra))?;
     summary.note("infra", if outcome == Outcome::NoChanges { "no changes" } else { "applied" });
-    summary.step("image", || sandbox::deploy_image(ctx, sandbox, &args.image))?;
-    let outputs = Outputs::load(ctx)?;
+    let outputs = summary.step("image", || sandbox::deploy_image(ctx, sandbox, &args.image))?;
     let resolved = summary.step("backend-url", || url::resolve(ctx, &outputs, Duration::from_secs(30)))?;
     url::print_text(&resolved);
     Ok(resolved)

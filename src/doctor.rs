@@ -204,7 +204,12 @@ fn deploy_env(report: &mut Report, project: &Path, path: &Path, explicit: bool) 
         return None;
     }
 
-    let settings = match env::load(path, explicit) {
+    // The file was read and checked above: layer what it holds, as every verb does.
+    let layered = match &vars {
+        Some(vars) => env::layer(Some(path), vars.clone()),
+        None => env::layer(None, BTreeMap::new()),
+    };
+    let settings = match layered {
         Ok(settings) => settings,
         Err(err) => {
             report.fail("deploy credentials", &format!("{err:#}"), None);

@@ -78,24 +78,26 @@ pub fn region_from_env() -> Option<String> {
 /// Read `env_file` (an explicit path must exist; the default may be absent),
 /// layer it over the process environment, and register secrets for redaction.
 pub fn load(env_file: &Path, explicit: bool) -> Result<Settings> {
-    // Secrets already in the environment are masked whatever the file says.
-    register_secrets(std::env::vars());
-
-    let mut warnings = Vec::new();
-    let mut from_file = BTreeMap::new();
-    let loaded = if env_file.exists() {
-        warnings.extend(permission_warning(env_file));
-        from_file = read_env_file(env_file)?;
-        Some(env_file.to_path_buf())
+    if env_file.exists() {
+        let warnings = permission_warning(env_file).into_iter().collect();
+        let vars = read_env_file(env_file)?;
+        Ok(Settings { warnings, ..layer(Some(env_file), vars)? })
     } else if explicit {
         bail!(
             "env file {} does not exist; create it from terraform/.env.example or drop --env-file",
             env_file.display()
         );
     } else {
-        None
-    };
+        layer(None, BTreeMap::new())
+    }
+}
 
+/// Layer already-parsed `from_file` (read from `env_file`) over the process
+/// environment and work out where the credentials come from.
+pub fn layer(env_file: Option<&Path>, from_file: BTreeMap<String, String>) -> Result<Settings> {
+    // Secrets already in the environment are masked whatever the file says.
+    register_secrets(std::env::vars());
+    let loaded = env_file.map(Path::to_path_buf);
     register_secrets(from_file.clone());
     for (key, value) in &from_file {
         // Single-threaded here: called before the runtime and any thread start.
@@ -117,7 +119,7 @@ pub fn load(env_file: &Path, explicit: bool) -> Result<Settings> {
         let place = loaded.as_deref().map_or("the environment".to_owned(), |p| p.display().to_string());
         bail!("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not; add it to {place}");
     }
-    Ok(Settings { source, warnings })
+    Ok(Settings { source, warnings: Vec::new() })
 }
 
 /// Parse an env file into key/value pairs, failing with the file and line.

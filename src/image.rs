@@ -121,7 +121,7 @@ pub fn run(ctx: &Ctx, cmd: &ImageCmd) -> Result<()> {
         if args.immutable {
             bail!("--immutable is not supported with --local: the sandbox always rolls out the image it just built");
         }
-        return crate::sandbox::deploy_image(ctx, sandbox, args);
+        return crate::sandbox::deploy_image(ctx, sandbox, args).map(drop);
     }
     let outputs = Outputs::load(ctx)?;
     let image = Image::new(&ctx.project, args, &outputs)?;

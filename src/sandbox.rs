@@ -246,8 +246,9 @@ pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
 }
 
 /// `image --local`: the Docker path when it can work, else cargo + local
-/// processes; then the same forced rollout as against AWS.
-pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs) -> Result<()> {
+/// processes; then the same forced rollout as against AWS. Returns the
+/// stack's outputs it read, for the steps after it.
+pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs) -> Result<Outputs> {
     let outputs = Outputs::load(ctx)?;
     match docker_path(sandbox) {
         Ok(registry) => {
@@ -260,7 +261,8 @@ pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs) -> Result<()
                     image::print_pushed(&image, &pushed);
                     control(&sandbox.endpoint, "POST", "/_casey/runner", Some(json!({"mode": "docker", "registry": registry})))?;
                     eprintln!("==> sandbox: tasks run as containers of {}", image.latest_ref());
-                    return rollout::force_new_deployment(ctx, &outputs, &args.rollout);
+                    rollout::force_new_deployment(ctx, &outputs, &args.rollout)?;
+                    return Ok(outputs);
                 }
                 Err(err) => eprintln!(
                     "==> sandbox: the image did not build ({}); building the backend with cargo and running the tasks as local processes instead",
@@ -281,7 +283,8 @@ pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs) -> Result<()
         "/_casey/runner",
         Some(json!({"mode": "process", "backend_bin": binary, "log_dir": log_dir})),
     )?;
-    rollout::force_new_deployment(ctx, &outputs, &args.rollout)
+    rollout::force_new_deployment(ctx, &outputs, &args.rollout)?;
+    Ok(outputs)
 }
 
 fn first_line(text: &str) -> &str {
