@@ -43,9 +43,12 @@ only log. The runner itself starts at launch (PENDING) and stops with the task, 
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import ctypes
 import http.client
+import io
+import ipaddress
 import json
 import math
 import os
@@ -60,6 +63,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.parse
 import uuid
 from xml.sax.saxutils import escape
 
@@ -77,17 +81,23 @@ from moto.applicationautoscaling.responses import ApplicationAutoScalingResponse
 from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
 from moto.core.exceptions import JsonRESTError  # noqa: E402
 from moto.core.responses import ActionResult, BaseResponse  # noqa: E402
+from moto.core.serialize import XFormedAttributePicker, get_serializer_class, never_return  # noqa: E402
+from moto.core.utils import get_service_model  # noqa: E402
 from moto.core.utils import utcnow  # noqa: E402
 from moto.ec2 import ec2_backends  # noqa: E402
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface  # noqa: E402
 from moto.ec2.models.security_groups import SecurityGroupRule  # noqa: E402
+from moto.ec2.models.vpcs import VPCBackend  # noqa: E402
 from moto.ec2.responses import EC2Response  # noqa: E402
 from moto.ecs import models as ecs_models  # noqa: E402
 from moto.ecs.exceptions import InvalidParameterException  # noqa: E402
 from moto.ecs.models import Task, ecs_backends  # noqa: E402
-from moto.ecs.responses import EC2ContainerServiceResponse  # noqa: E402
-from moto.iam.access_control import IAMPolicyStatement  # noqa: E402
-from moto.iam.models import iam_backends  # noqa: E402
+from moto.ecr.models import Image as EcrImage, ecr_backends  # noqa: E402
+from moto.ecr.responses import ECRResponse  # noqa: E402
+from moto.ecs.responses import DESCRIBE_SERVICES_TAGS, EC2ContainerServiceResponse  # noqa: E402
+from moto.iam.access_control import AssumedRoleAccessKey, IAMPolicyStatement, IAMUserAccessKey  # noqa: E402
+from moto.iam.exceptions import LimitExceededException  # noqa: E402
+from moto.iam.models import IAMBackend, iam_backends  # noqa: E402
 from moto.moto_api import state_manager  # noqa: E402
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # noqa: E402
 
@@ -97,6 +107,13 @@ ROLLOUT_SECONDS = 2.0  # overridden by --rollout-seconds
 LOCK = threading.RLock()
 AAS_TAGS: dict[str, dict[str, str]] = {}  # Application Auto Scaling tags by ResourceARN
 FAILURES: dict[tuple[str, str], list] = {}  # (cluster, service) -> [stoppedReason, deployments left to fail]
+# AWS rules the emulator enforces because casey-deploy depends on them (README.md, "AWS rules"). Each is on
+# by default; only POST /_casey/rules switches one off, for a test that needs it off.
+RULES = {"iam_policy_size": True, "iam_policies_per_entity": True, "fargate_networking": True,
+         "image_exists": True, "container_health_check": True}
+IAM_PROPAGATION_SECONDS = 3.0  # --iam-propagation-seconds, POST /_casey/iam/propagation
+BACKING_REGISTRY: str | None = None  # --registry, POST /_casey/ecr/registry: a loopback registry behind ECR
+READ_LAG = {"seconds": 0.0, "since": 0.0}  # POST /_casey/ecs/read-lag
 # 127.R.0.1 is the first address handed out. R is random so that emulators running side by side (parallel
 # tests) do not give their tasks the same address, where the task processes would fight over ip:port.
 _last_public_ip = random.randrange(1, 200) << 16
@@ -167,6 +184,8 @@ RUNNER: dict = {"mode": "none"}
 RUNNER_FIELDS = {"mode", "backend_bin", "registry", "env", "log_dir", "start_timeout"}
 STOP_TIMEOUT = 10  # SIGTERM, then SIGKILL after this many seconds (as `docker stop -t 10`)
 HEALTH_INTERVAL = 0.2
+HEALTH_CHECK_INTERVAL_CAP = 1.0  # a RUNNING task's health check runs every min(interval, this) seconds
+HEALTH_CHECK_FAILED = "Task failed container health checks"
 ENDPOINT_URL = ""  # this emulator, for the tasks' AWS_ENDPOINT_URL; set in main()
 TASK_ROLE: dict | None = None  # seed entry of --task-role-user: its keys stand in for the ECS task role
 RUNS: set = set()  # TaskRuns whose process or container may still be alive; guarded by RUNS_LOCK
@@ -275,6 +294,12 @@ class TaskRun:
         self.log_file = os.path.join(config["log_dir"], f"{task.id}.log")
         self.pid = self.container_id = self.exit_code = None
         self.healthy = False
+        # The container's health check (task definition healthCheck) decides, as on ECS; without one, GET
+        # /health stands in for the ALB's check, as before.
+        self.health_check = container.get("healthCheck") if RULES["container_health_check"] else None
+        if self.health_check and not (self.health_check.get("command") or [None])[0] in ("CMD", "CMD-SHELL"):
+            self.health_check = None  # ECS rejects such a definition at registration; nothing to run
+        self.health_output = ""
         self.failure: tuple[str, str, int | None] | None = None  # (stoppedReason, stopCode, exit code)
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._main, daemon=True, name=f"task-{task.id}")
@@ -299,6 +324,7 @@ class TaskRun:
                 self.failure = (str(error), "TaskFailedToStart", None)
                 return
             started = time.monotonic()  # after the pull: start_timeout bounds the start-up, as a health grace period
+            failed_checks, next_check = 0, 0.0
             while not self.stopping.is_set():
                 code = self._poll()
                 if code is not None:
@@ -310,10 +336,21 @@ class TaskRun:
                 if not self.healthy:
                     if self._probe(time.monotonic() - started):
                         self.healthy = True
+                        next_check = time.monotonic() + self._check_interval()
                     elif time.monotonic() - started > self.config["start_timeout"]:
-                        self.failure = ("Task failed container health checks", "TaskFailedToStart", None)
+                        self._log(f"casey-emulator: task {self.task_id}: health check failed: {self.health_output}")
+                        self.failure = (HEALTH_CHECK_FAILED, "TaskFailedToStart", None)
                         break
-                self.stopping.wait(HEALTH_INTERVAL if not self.healthy else 0.5)
+                elif self.health_check and time.monotonic() >= next_check:
+                    # RUNNING: `retries` failed checks in a row make the container UNHEALTHY and ECS replaces
+                    # the task. The interval is capped so that tests need not wait 30 s per check.
+                    failed_checks = 0 if self._probe(0) else failed_checks + 1
+                    next_check = time.monotonic() + self._check_interval()
+                    if failed_checks >= int(self.health_check.get("retries", 3)):
+                        self._log(f"casey-emulator: task {self.task_id}: unhealthy: {self.health_output}")
+                        self.failure = (HEALTH_CHECK_FAILED, "ServiceSchedulerInitiated", None)
+                        break
+                self.stopping.wait(HEALTH_INTERVAL if not self.healthy else 0.2)
             self._terminate()
         except Exception as error:  # a docker timeout or an emulator bug must still fail the task, not hang it
             traceback.print_exc()
@@ -328,8 +365,25 @@ class TaskRun:
             with RUNS_LOCK:
                 RUNS.discard(self)
 
+    def _check_interval(self) -> float:
+        return min(float((self.health_check or {}).get("interval", 30)), HEALTH_CHECK_INTERVAL_CAP)
+
     def _probe(self, elapsed: float) -> bool:
-        """Stands in for the container health check and the ALB's: GET /health answers 200."""
+        """The container health check when the task definition has one, else GET /health answers 200 (which
+        stands in for the ALB's check)."""
+        if self.health_check:
+            command = self.health_check["command"]
+            argv = ["/bin/sh", "-c", " ".join(command[1:])] if command[0] == "CMD-SHELL" else list(command[1:])
+            try:
+                check = self._exec(argv, timeout=float(self.health_check.get("timeout", 5)))
+            except subprocess.TimeoutExpired:
+                self.health_output = f"timed out after {self.health_check.get('timeout', 5)} s"
+                return False
+            except OSError as error:
+                self.health_output = str(error)
+                return False
+            self.health_output = f"exit code {check.returncode}: {_last_line(check.stdout or '')}"
+            return check.returncode == 0
         if not self.port:  # nothing to probe: RUNNING once it has stayed up as long as a rollout takes
             return elapsed >= ROLLOUT_SECONDS
         connection = http.client.HTTPConnection(self.bind_ip, self.port, timeout=1)  # no proxy, unlike urllib
@@ -365,6 +419,20 @@ class ProcessRun(TaskRun):
         except OSError as error:
             raise TaskStartError(f"CannotStartContainerError: {error}") from None
         self.pid = self.proc.pid
+
+    def _exec(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        """The health check as the container would run it, against this process: the image's binary is
+        backend_bin here, so a command naming it (by its basename, or a path that does not exist on this
+        machine) runs backend_bin, with the task's environment."""
+        backend_bin = self.config["backend_bin"]
+        if argv and argv[0] != "/bin/sh" and (
+                os.path.basename(argv[0]) == os.path.basename(backend_bin) or not os.path.exists(argv[0])):
+            argv = [backend_bin, *argv[1:]]
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.update(self.env)
+        env["PATH"] = os.path.dirname(backend_bin) + os.pathsep + env.get("PATH", os.defpath)
+        return subprocess.run(argv, env=env, cwd=self.config["log_dir"], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
 
     def _poll(self) -> int | None:
         code = self.proc.poll()
@@ -441,6 +509,10 @@ class DockerRun(TaskRun):
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.DEVNULL, text=True)
 
+    def _exec(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        """The health check inside the container, as the ECS agent runs it (docker exec)."""
+        return self._docker("exec", self.container_id, *argv, timeout=timeout)
+
     def _poll(self) -> int | None:
         if not hasattr(self, "waited"):
             if self.waiter.poll() is None:
@@ -484,6 +556,194 @@ def stop_all_runs() -> None:
         run.thread.join(STOP_TIMEOUT + 40)
     for directory in DOCKER_CONFIG_DIRS:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# --- what a Fargate task needs before it can start -------------------------------------------------------
+
+# A Fargate task (platform 1.4.0) pulls its registry auth and image through its own ENI. Without a public IP
+# its subnet's route table (the explicit association, else the VPC's main table) needs 0.0.0.0/0 to a NAT
+# gateway, or the VPC needs interface endpoints for ecr.api and ecr.dkr plus an S3 gateway endpoint (image
+# layers live in S3) on that route table; with a public IP the default route must go to an internet gateway.
+# Otherwise the task stops before it runs, with stopCode TaskFailedToStart and this stoppedReason:
+# https://docs.aws.amazon.com/AmazonECS/latest/developerguide/resource-initialization-error.html,
+# https://repost.aws/knowledge-center/ecs-fargate-pull-container-error,
+# https://repost.aws/knowledge-center/ecs-fargate-tasks-pending-state (the endpoints per platform version).
+# The address is from TEST-NET-3 (RFC 5737): AWS names the ECR endpoint's address; this one leads nowhere.
+REGISTRY_AUTH_TIMEOUT = (
+    "ResourceInitializationError: unable to pull secrets or registry auth: execution resource retrieval failed: "
+    "unable to retrieve ecr registry auth: service call has been retried 3 time(s): RequestError: send request "
+    "failed caused by: Post \"https://api.ecr.{region}.amazonaws.com/\": dial tcp 203.0.113.10:443: i/o timeout. "
+    "Please check your task network configuration.")
+# With the ECR endpoints but no route to CloudWatch Logs, the awslogs driver cannot create its stream.
+LOGS_TIMEOUT = (
+    "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: "
+    "failed to create Cloudwatch log stream: RequestError: send request failed caused by: Post "
+    "\"https://logs.{region}.amazonaws.com/\": dial tcp 203.0.113.10:443: i/o timeout : exit status 1")
+
+
+def _route_table(ec2, subnet):
+    tables = [t for t in ec2.route_tables.values() if t.vpc_id == subnet.vpc_id]
+    explicit = next((t for t in tables if subnet.id in t._associations.values()), None)
+    return explicit or next((t for t in tables if t.main_association_id), None)
+
+
+def _default_route_target(table) -> str:
+    """'igw', 'nat' or '' for the table's 0.0.0.0/0 route."""
+    for route in table.routes if table else []:
+        if route.destination_cidr_block == "0.0.0.0/0":
+            if route.nat_gateway is not None:
+                return "nat"
+            if route.gateway is not None and route.gateway.id.startswith("igw-"):
+                return "igw"
+    return ""
+
+
+def network_failure(backend, task, task_def, public_ip: bool) -> str | None:
+    """The stoppedReason of a Fargate task that cannot reach ECR (or CloudWatch Logs), else None."""
+    if not RULES["fargate_networking"] or not task.attachments:
+        return None
+    details = {d["name"]: d.get("value") for d in task.attachments[0]["details"]}
+    ec2 = ec2_backends[backend.account_id][backend.region_name]
+    subnet = ec2.get_subnet(details["subnetId"])
+    table = _route_table(ec2, subnet)
+    target, region = _default_route_target(table), backend.region_name
+    if public_ip:
+        return None if target == "igw" else REGISTRY_AUTH_TIMEOUT.format(region=region)
+    if target == "nat":
+        return None
+    endpoints = [e for e in ec2.vpc_end_points.values() if e.vpc_id == subnet.vpc_id and e.state == "available"]
+
+    def interface(name: str) -> bool:
+        return any(e.service_name == f"com.amazonaws.{region}.{name}" and e.vpc_endpoint_type == "Interface"
+                   and e.private_dns_enabled for e in endpoints)
+
+    s3 = any(e.service_name == f"com.amazonaws.{region}.s3" and (e.vpc_endpoint_type or "Gateway") == "Gateway"
+             and table and table.id in (e.route_table_ids or []) for e in endpoints)
+    if not (interface("ecr.api") and interface("ecr.dkr") and s3):
+        return REGISTRY_AUTH_TIMEOUT.format(region=region)
+    uses_awslogs = any((c.get("logConfiguration") or {}).get("logDriver") == "awslogs"
+                       for c in task_def.container_definitions)
+    if uses_awslogs and not interface("logs"):
+        return LOGS_TIMEOUT.format(region=region)
+    return None
+
+
+# An image that is not in its registry: https://docs.aws.amazon.com/AmazonECS/latest/developerguide/
+# task_cannot_pull_image.html ("CannotPullContainer task errors", "Image not found").
+IMAGE_NOT_FOUND = ("CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve "
+                   "ref {ref}: {ref}: not found")
+# A registry this machine cannot reach (only loopback is reachable here; TEST-NET-3 address as above).
+IMAGE_UNREACHABLE = ("CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve "
+                     "ref {ref}: failed to do request: Head \"https://{host}/v2/{repo}/manifests/{reference}\": "
+                     "dial tcp 203.0.113.10:443: i/o timeout")
+ECR_HOST = re.compile(r"(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?")
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json"])
+
+
+def split_image(image: str) -> tuple[str, str, str]:
+    """(registry host, repository, tag or digest), with Docker's defaults (docker.io, library/, :latest)."""
+    first, slash, rest = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        host, path = first, rest
+    else:
+        host, path = "docker.io", image if "/" in image else f"library/{image}"
+    if "@" in path:
+        repo, reference = path.split("@", 1)
+    elif ":" in path:
+        repo, reference = path.rsplit(":", 1)
+    else:
+        repo, reference = path, "latest"
+    return host, repo, reference
+
+
+def backing_registry() -> str | None:
+    """The registry behind the emulated ECR: --registry / POST /_casey/ecr/registry, else the docker runner's."""
+    return BACKING_REGISTRY or (RUNNER.get("registry") if RUNNER.get("mode") == "docker" else None)
+
+
+def registry_get(registry: str, path: str, account: str, method: str = "GET"):
+    """(status, headers, body) of a request to the backing registry, logged in as ECR's fixed token allows;
+    (None, {}, b"") when it does not answer."""
+    host, _, port = registry.rpartition(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    token = base64.b64encode(f"AWS:{account}-auth-token".encode()).decode()
+    try:
+        connection.request(method, path, headers={"Authorization": f"Basic {token}", "Accept": MANIFEST_TYPES})
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    except (OSError, http.client.HTTPException):
+        return None, {}, b""
+    finally:
+        connection.close()
+
+
+def _in_ecr(account: str, region: str, repo: str, reference: str) -> bool:
+    repository = ecr_backends[account][region].repositories.get(repo)
+    if repository is None:
+        return False
+    if reference.startswith("sha256:"):
+        return any(i.get_image_digest() == reference for i in repository.images)
+    return any(reference in i.image_tags for i in repository.images)
+
+
+def image_failure(image: str, account: str) -> str | None:
+    """The stoppedReason of a task whose image is not present (moto's ECR store or the backing registry)."""
+    if not RULES["image_exists"] or not image:
+        return None
+    host, repo, reference = split_image(image)
+    ecr, registry = ECR_HOST.fullmatch(host), backing_registry()
+    if ecr and _in_ecr(ecr.group(1), ecr.group(2), repo, reference):
+        return None
+    if ecr or host == registry:
+        owner = ecr.group(1) if ecr else account
+        if registry and registry_get(registry, f"/v2/{repo}/manifests/{reference}", owner, "HEAD")[0] == 200:
+            return None
+        return IMAGE_NOT_FOUND.format(ref=image if ecr or host == registry else f"{host}/{repo}")
+    ref = f"{host}/{repo}{'@' if reference.startswith('sha256:') else ':'}{reference}"
+    return IMAGE_UNREACHABLE.format(ref=ref, host=host, repo=repo, reference=reference)
+
+
+def registry_images(registry: str, account: str, name: str, repository) -> list:
+    """The backing registry's images of repository `name` that moto's ECR store does not hold, as ECR images
+    (imageDigest = the registry's Docker-Content-Digest), so ECR reads and the launch check agree."""
+    status, _, body = registry_get(registry, f"/v2/{name}/tags/list", account)
+    if status != 200:
+        return []
+    known_tags = {t for i in repository.images for t in i.image_tags}
+    known_digests = {i.get_image_digest() for i in repository.images}
+    images: dict[str, EcrImage] = {}
+    for tag in sorted(json.loads(body or b"{}").get("tags") or []):
+        if tag in known_tags:
+            continue  # moto's store answers for this tag
+        status, headers, manifest = registry_get(registry, f"/v2/{name}/manifests/{tag}", account)
+        digest = headers.get("Docker-Content-Digest") if status == 200 else None
+        if not digest or digest in known_digests:
+            continue
+        if digest in images:
+            images[digest].update_tag(tag)
+        else:
+            media_type = (headers.get("Content-Type") or "").split(";")[0] or None
+            images[digest] = EcrImage(account, tag, manifest.decode(), name, media_type, digest)
+    return list(images.values())
+
+
+def _with_registry_images(method):
+    """ECR ListImages / DescribeImages / BatchGetImage also see the backing registry's images."""
+    def wrapper(self):
+        registry = backing_registry()
+        repository = self.ecr_backend.repositories.get(self._get_param("repositoryName") or "")
+        if not registry or repository is None:
+            return method(self)
+        extra = registry_images(registry, self.ecr_backend.account_id, repository.name, repository)
+        repository.images.extend(extra)  # only for this call: under LOCK, no other ECR call sees them
+        try:
+            return method(self)
+        finally:
+            for image in extra:
+                repository.images.remove(image)
+    return wrapper
 
 
 # --- ECS scheduler ----------------------------------------------------------------------------------------
@@ -559,6 +819,17 @@ def _bindable(ip: str, port: int) -> bool:
             return False
 
 
+def ecs_containers(task: Task, task_def, interfaces: list) -> list[dict]:
+    """task.containers in the ECS Container shape, one per container definition (moto models only the first,
+    with the task definition's ARN as taskArn and cpu/memory as numbers where the API has strings)."""
+    prefix = f"arn:aws:ecs:{task.region_name}:{task._account_id}:container/{task.cluster_name}/{task.id}"
+    return [{
+        "containerArn": f"{prefix}/{uuid.uuid4()}", "taskArn": task.task_arn, "name": c.get("name"),
+        "image": c.get("image"), "lastStatus": "PENDING", "healthStatus": "UNKNOWN", "cpu": str(c.get("cpu", 0)),
+        "memory": str(c["memory"]) if c.get("memory") else None, "networkInterfaces": interfaces,
+    } for c in task_def.container_definitions]
+
+
 def _launch(backend, service, deployment: Deployment) -> Task:
     cluster = backend._get_cluster(service.cluster_name)
     task_def = backend.describe_task_definition(deployment.task_definition)
@@ -580,8 +851,17 @@ def _launch(backend, service, deployment: Deployment) -> Task:
     task.casey_launched = time.monotonic()
     task.casey_public_ip = task.casey_run = None
     task.casey_definitions = task_def.container_definitions
-    config = RUNNER  # an injected failure stands for a pull error: no process for it
-    run = config["mode"] != "none" and not deployment.fail_reason and not _shutting_down
+    public_ip = bool(network) and network["awsvpcConfiguration"].get("assignPublicIp") == "ENABLED"
+    # A task that cannot start (an injected failure, no route to ECR, an image that is not there) gets no
+    # process: ECS fails it before any container runs.
+    fargate = service.launch_type == "FARGATE" or any(
+        "FARGATE" in (item.get("capacityProvider") or "") for item in service.capacity_provider_strategy or [])
+    task.casey_start_failure = deployment.fail_reason or (
+        fargate and network_failure(backend, task, task_def, public_ip)) or next(
+        (reason for c in task_def.container_definitions if (reason := image_failure(c.get("image"), backend.account_id))),
+        None)
+    config = RUNNER
+    run = config["mode"] != "none" and not task.casey_start_failure and not _shutting_down
     container = _run_container(task_def.container_definitions)
     port = next((m.get("containerPort") for m in container.get("portMappings") or []), None) if run else None
     eni_details = {}
@@ -592,17 +872,12 @@ def _launch(backend, service, deployment: Deployment) -> Task:
         eni.description = f"arn:aws:ecs:{backend.region_name}:{backend.account_id}:attachment/{attachment['id']}"
         eni.requester_managed = True
         task.availability_zone = eni.subnet.availability_zone
-        if network["awsvpcConfiguration"].get("assignPublicIp") == "ENABLED":
+        if public_ip:
             eni.public_ip = task.casey_public_ip = _next_public_ip(port)
-    # moto models only the first container; ECS reports one entry per container definition.
-    arn_prefix = f"arn:aws:ecs:{backend.region_name}:{backend.account_id}:container/{cluster.name}/{task.id}"
     interfaces = [{"attachmentId": task.attachments[0]["id"], "privateIpv4Address": eni_details["privateIPv4Address"]}
                   ] if eni_details else []
-    task.containers = [{
-        "containerArn": f"{arn_prefix}/{uuid.uuid4()}", "taskArn": task.task_arn, "name": c.get("name"),
-        "image": c.get("image"), "lastStatus": "PENDING", "healthStatus": "UNKNOWN", "cpu": str(c.get("cpu", 0)),
-        "memory": str(c["memory"]) if c.get("memory") else None, "networkInterfaces": interfaces,
-    } for c in task_def.container_definitions]
+    task.containers = ecs_containers(task, task_def, interfaces)
+    task.health_status = "UNKNOWN"
     backend.tasks.setdefault(cluster.name, {})[task.task_arn] = task
     deployment.tasks.append(task)
     if run:  # without a public IP the task still needs an address to bind: a loopback one stands for the private IP
@@ -615,8 +890,13 @@ def _launch(backend, service, deployment: Deployment) -> Task:
 def _start(task: Task) -> None:
     task.last_status = "RUNNING"
     task.started_at = utcnow()
+    checked = task.casey_run and task.casey_run.health_check and task.casey_run.container_name
     for container in task.containers:
         container["lastStatus"] = "RUNNING"
+        if checked == container["name"]:  # its health check passed: that is what made the task RUNNING
+            container["healthStatus"] = "HEALTHY"
+    if checked:  # the task's health is that of its essential containers; the others have no check here
+        task.health_status = "HEALTHY"
     on_task_started(task_info(task))
 
 
@@ -669,6 +949,21 @@ def _fail(service, deployment: Deployment) -> None:
         _new_deployment(service, rollback_to=previous)
 
 
+def breaker_threshold(desired_count: int) -> int:
+    """Failed tasks that fail a deployment: half the desired count, rounded up, at least 3 and at most 200.
+    https://docs.aws.amazon.com/AmazonECS/latest/developerguide/deployment-circuit-breaker.html,
+    https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ServiceDeploymentCircuitBreaker.html"""
+    return min(200, max(3, math.ceil(0.5 * desired_count)))
+
+
+def _healthy(breaker: dict, deployment: Deployment) -> None:
+    """A task of the deployment is healthy (RUNNING, its health check passed): the breaker's failure count
+    goes back to 0 (Deployment.failedTasks counts consecutive failures; resetOnHealthyTask defaults to true,
+    https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_DeploymentCircuitBreaker.html)."""
+    if breaker.get("resetOnHealthyTask", True):
+        deployment.failed_tasks = 0
+
+
 def reconcile(backend, service) -> None:
     """Move one service towards its desired state; called by the scheduler thread and after each API change."""
     if not service.deployments or not isinstance(service.deployments[0], Deployment):
@@ -686,19 +981,23 @@ def reconcile(backend, service) -> None:
                 # that exits at once from being relaunched ten times a second (ECS backs off too).
                 if run.failure and (task.last_status == "RUNNING" or now - task.casey_launched >= ROLLOUT_SECONDS):
                     reason, stop_code, exit_code = run.failure
+                    if task.last_status == "RUNNING" and reason == HEALTH_CHECK_FAILED:
+                        task.health_status = "UNHEALTHY"
                     _stop(backend, task, reason, stop_code, failed=True, exit_code=exit_code)
                     deployment.failed_tasks += 1
                 elif run.healthy and not run.failure and task.last_status == "PENDING":
                     _start(task)
+                    _healthy(breaker, deployment)
             elif task.last_status == "PENDING" and now - task.casey_launched >= ROLLOUT_SECONDS:
-                if deployment.fail_reason:
-                    _stop(backend, task, deployment.fail_reason, "TaskFailedToStart", failed=True)
+                if task.casey_start_failure:
+                    _stop(backend, task, task.casey_start_failure, "TaskFailedToStart", failed=True)
                     deployment.failed_tasks += 1
                 else:
                     _start(task)
+                    _healthy(breaker, deployment)
     primary = service.deployments[0]
-    threshold = min(200, max(3, math.ceil(service.desired_count / 2)))  # ECS circuit breaker threshold
-    if primary.rollout_state == "IN_PROGRESS" and breaker.get("enable") and primary.failed_tasks >= threshold:
+    if primary.rollout_state == "IN_PROGRESS" and breaker.get("enable") and \
+            primary.failed_tasks >= breaker_threshold(service.desired_count):
         _fail(service, primary)
         primary = service.deployments[0]
     if service.status != "ACTIVE":  # deleted: nothing may keep running
@@ -745,6 +1044,8 @@ def scheduler_loop() -> None:
                 for _, _, backend in list(ecs_backends.iter_backends()):
                     for service in list(backend.services.values()):
                         reconcile(backend, service)
+                    if READ_LAG["seconds"]:
+                        snapshot_services(backend)
                     for name, cluster in backend.clusters.items():  # moto's own counters drift
                         statuses = [t.last_status for t in backend.tasks.get(name, {}).values()]
                         cluster.running_tasks_count = statuses.count("RUNNING")
@@ -849,6 +1150,185 @@ def _locked(method):
     return wrapper
 
 
+# --- ECS read-after-write lag (on request) ----------------------------------------------------------------
+
+# "The Amazon ECS API follows an eventual consistency model ... the result of an API command you run that
+# affects your Amazon ECS resources might not be immediately visible to all subsequent commands you run"
+# (https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RunTask.html, and the same note on the other
+# write actions). POST /_casey/ecs/read-lag {"seconds": S} makes DescribeServices answer with each service as
+# it was S seconds earlier: the scheduler keeps a history of every service's DescribeServices entry.
+SNAPSHOTS: dict[str, list[tuple[float, dict]]] = {}  # service ARN -> [(monotonic time, entry)], oldest first
+_moto_describe_services = EC2ContainerServiceResponse.describe_services
+
+
+def _service_entry(service) -> dict:
+    operation = get_service_model("ecs").operation_model("DescribeServices")
+    serializer = get_serializer_class("ecs", "json")(
+        operation_model=operation, pretty_print=False,
+        value_picker=XFormedAttributePicker(response_transformers={DESCRIBE_SERVICES_TAGS: never_return}))
+    return json.loads(serializer.serialize({"services": [service], "failures": []})["body"])["services"][0]
+
+
+def snapshot_services(backend) -> None:
+    """Called by the scheduler (under LOCK) while a read lag is set."""
+    now = time.monotonic()
+    for service in backend.services.values():
+        entry, history = _service_entry(service), SNAPSHOTS.setdefault(service.arn, [])
+        if not history or history[-1][1] != entry:
+            history.append((now, entry))
+        while len(history) > 1 and history[1][0] <= now - READ_LAG["seconds"] - 1:
+            history.pop(0)  # keep the newest entry older than the lag, and everything after it
+
+
+def describe_services(self):
+    result = _moto_describe_services(self)
+    lag = READ_LAG["seconds"]
+    if not lag:
+        return result
+    answer = json.loads(self.serialized(result)[2])
+    cutoff = time.monotonic() - lag
+    services, failures = [], answer.get("failures") or []
+    for current in answer.get("services") or []:
+        history = SNAPSHOTS.get(current["serviceArn"], [])
+        older = [entry for at, entry in history if at <= cutoff]
+        if older:
+            services.append(older[-1])
+        elif READ_LAG["since"] <= cutoff:  # the history reaches back S seconds: the service did not exist yet
+            failures.append({"arn": current["serviceArn"], "reason": "MISSING"})
+        else:  # the lag was switched on less than S seconds ago: the oldest state known
+            services.append(history[0][1] if history else current)
+    return json.dumps({"services": services, "failures": failures})
+
+
+# --- fault injection (POST /_casey/faults) ----------------------------------------------------------------
+
+FAULTS: list[dict] = []  # guarded by FAULTS_LOCK
+FAULTS_LOCK = threading.Lock()
+FAULT_KINDS = ("http500", "throttle", "latency", "drop")
+_fault_ids = iter(range(1, 1 << 62))
+# Error formats by protocol. Query services (IAM, STS, ELBv2, ...): ErrorResponse/Error. EC2: Response/Errors/
+# Error. The rest (ECS, ECR, Logs, Application Auto Scaling): JSON with __type.
+QUERY_SERVICES = {"iam", "sts", "elasticloadbalancing", "autoscaling", "cloudformation", "sns", "sqs", "rds",
+                  "monitoring"}
+# Throttling: ThrottlingException (HTTP 400) for JSON services such as ECS
+# (https://docs.aws.amazon.com/AmazonECS/latest/APIReference/CommonErrors.html), Throttling for query services
+# such as IAM and STS (https://docs.aws.amazon.com/STS/latest/APIReference/CommonErrors.html), and
+# RequestLimitExceeded, a client error, for EC2 (https://docs.aws.amazon.com/ec2/latest/devguide/
+# ec2-api-throttling.html, https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html).
+# A server fault: InternalFailure (HTTP 500) in the common errors of every service; EC2 calls it InternalError.
+THROTTLE_CODES = {"json": ("ThrottlingException", "Rate exceeded"), "query": ("Throttling", "Rate exceeded"),
+                  "ec2": ("RequestLimitExceeded", "Request limit exceeded.")}
+INTERNAL_CODES = {"json": "InternalFailure", "query": "InternalFailure", "ec2": "InternalError"}
+CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/]+/([^/]+)/aws4_request")
+
+
+def configure_fault(body: dict) -> tuple[int, dict]:
+    allowed = {"service", "action", "kind", "count", "seconds", "latency_ms"}
+    unknown = sorted(set(body) - allowed)
+    count, seconds, latency = body.get("count"), body.get("seconds"), body.get("latency_ms")
+    usage = ('body must be {"service": "ecs", "action": "DescribeServices" (optional), "kind": '
+             '"http500"|"throttle"|"latency"|"drop", and "count": N or "seconds": S, "latency_ms": MS for latency}')
+    number = (int, float)
+    if unknown or not isinstance(body.get("service"), str) or not body["service"] \
+            or not isinstance(body.get("action", ""), str) or body.get("kind") not in FAULT_KINDS \
+            or (count is None) == (seconds is None) \
+            or (count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1)) \
+            or (seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, number) or seconds <= 0)) \
+            or ((body["kind"] == "latency") != (latency is not None)) \
+            or (latency is not None and (isinstance(latency, bool) or not isinstance(latency, number) or latency <= 0)):
+        return 400, {"error": f"{usage}; unknown fields: {unknown}" if unknown else usage}
+    fault = {"id": next(_fault_ids), "service": body["service"].lower(), "action": body.get("action") or None,
+             "kind": body["kind"], "remaining": count, "seconds": seconds, "latency_ms": latency, "fired": 0,
+             "_until": time.monotonic() + seconds if seconds else None}
+    with FAULTS_LOCK:
+        FAULTS.append(fault)
+    return 200, fault_view(fault)
+
+
+def fault_view(fault: dict) -> dict:
+    view = {k: v for k, v in fault.items() if not k.startswith("_")}
+    if fault["_until"] is not None:
+        view["seconds_left"] = round(max(0.0, fault["_until"] - time.monotonic()), 3)
+    return view
+
+
+def _active(fault: dict, now: float) -> bool:
+    return fault["remaining"] > 0 if fault["remaining"] is not None else now < fault["_until"]
+
+
+def _request_action(environ) -> str | None:
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    if "Action" in query:
+        return query["Action"][0]
+    if "x-www-form-urlencoded" in (environ.get("CONTENT_TYPE") or ""):
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)  # moto reads it again
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        return form.get("Action", [None])[0]
+    return None
+
+
+def take_fault(environ) -> dict | None:
+    """The fault that this request fires, if any: counted and consumed here."""
+    if not FAULTS:
+        return None
+    scope = CREDENTIAL_SCOPE.search(environ.get("HTTP_AUTHORIZATION") or "")
+    if not scope:
+        return None
+    service, action, now = scope.group(1).lower(), _request_action(environ), time.monotonic()
+    with FAULTS_LOCK:
+        FAULTS[:] = [f for f in FAULTS if _active(f, now)]
+        for fault in FAULTS:
+            if fault["service"] == service and fault["action"] in (None, action):
+                fault["fired"] += 1
+                if fault["remaining"] is not None:
+                    fault["remaining"] -= 1
+                return {**fault, "_service": service}
+    return None
+
+
+def fault_response(fault: dict, environ, start_response):
+    """The answer of a fired fault (None for latency: the request then goes on to moto)."""
+    service, request_id = fault["_service"], str(uuid.uuid4())
+    if fault["kind"] == "latency":
+        time.sleep(fault["latency_ms"] / 1000)
+        return None
+    if fault["kind"] == "drop":
+        sock = environ.get("werkzeug.socket")
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the client sees the connection close without an answer
+            except OSError:
+                pass
+        start_response("500 Internal Server Error", [("Content-Length", "0")])
+        return [b""]
+    protocol = "ec2" if service == "ec2" else "query" if service in QUERY_SERVICES else "json"
+    if fault["kind"] == "throttle":
+        status, (code, message) = 400, THROTTLE_CODES[protocol]
+    else:
+        status, code, message = 500, INTERNAL_CODES[protocol], "We encountered an internal error. Please try again."
+    if protocol == "json":
+        body, content_type = json.dumps({"__type": code, "message": message}), "application/x-amz-json-1.1"
+        headers = [("x-amzn-RequestId", request_id), ("x-amzn-ErrorType", code)]
+    elif protocol == "ec2":
+        body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code>"
+                f"<Message>{escape(message)}</Message></Error></Errors><RequestID>{request_id}</RequestID></Response>")
+        content_type, headers = "text/xml", []
+    else:
+        kind = "Sender" if status < 500 else "Receiver"
+        body = (f"<ErrorResponse><Error><Type>{kind}</Type><Code>{code}</Code><Message>{escape(message)}</Message>"
+                f"</Error><RequestId>{request_id}</RequestId></ErrorResponse>")
+        content_type, headers = "text/xml", [("x-amzn-RequestId", request_id)]
+    phrase = "Bad Request" if status == 400 else "Internal Server Error"
+    start_response(f"{status} {phrase}", [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                                          *headers])
+    return [body.encode()]
+
+
 # --- Application Auto Scaling tags ------------------------------------------------------------------------
 
 _moto_register_scalable_target = ApplicationAutoScalingResponse.register_scalable_target
@@ -919,7 +1399,140 @@ def check_conditions(self, incoming_condition_values) -> bool:
     return incoming_condition_values is None or _moto_check_conditions(self, incoming_condition_values)
 
 
+# --- IAM quotas and propagation ---------------------------------------------------------------------------
+
+# IAM quotas, https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html: a managed policy
+# holds at most 6,144 characters ("IAM does not count white space when calculating the size of a policy"),
+# and at most 10 managed policies can be attached to a user or to a role (the default quota). AWS answers
+# LimitExceeded (HTTP 409, https://docs.aws.amazon.com/IAM/latest/APIReference/API_CreatePolicy.html) with
+# these messages; moto checks neither.
+POLICY_SIZE_QUOTA = 6144
+ATTACHED_POLICIES_QUOTA = 10
+_moto_create_policy = IAMBackend.create_policy
+_moto_create_policy_version = IAMBackend.create_policy_version
+_moto_set_default_policy_version = IAMBackend.set_default_policy_version
+_moto_attach_user_policy = IAMBackend.attach_user_policy
+_moto_attach_role_policy = IAMBackend.attach_role_policy
+_moto_user_policies = IAMUserAccessKey.collect_policies
+_moto_role_policies = AssumedRoleAccessKey.collect_policies
+# IAM is eventually consistent, https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html
+# #troubleshoot_general_eventual-consistency: "changes that you make ... take time to become visible from all
+# possible endpoints". A new attachment or a new default policy version counts only IAM_PROPAGATION_SECONDS
+# after it was made; until then requests are evaluated as if it had not happened.
+_pending_attachments: dict[tuple, float] = {}  # (account, "user"|"role", name, policy arn) -> effective from
+_pending_defaults: dict[tuple, tuple[str, float]] = {}  # (account, policy arn) -> (previous document, from)
+
+
+def _check_policy_size(document: str) -> None:
+    if RULES["iam_policy_size"] and len(re.sub(r"\s", "", document)) > POLICY_SIZE_QUOTA:
+        raise LimitExceededException(f"Cannot exceed quota for PolicySize: {POLICY_SIZE_QUOTA}")
+
+
+def _default_document(policy) -> str:
+    return next(v.document for v in policy.versions if v.is_default)
+
+
+def _delay_default(backend: IAMBackend, policy_arn: str) -> None:
+    """Before the default version of a policy changes: keep the old one in force for a while."""
+    policy = backend.managed_policies.get(policy_arn)
+    if policy is not None and IAM_PROPAGATION_SECONDS > 0:
+        key = (backend.account_id, policy_arn)
+        previous = _pending_defaults.get(key)
+        document = previous[0] if previous and time.monotonic() < previous[1] else _default_document(policy)
+        _pending_defaults[key] = (document, time.monotonic() + IAM_PROPAGATION_SECONDS)
+
+
+def iam_create_policy(self, description, path, policy_document, policy_name, tags):
+    _check_policy_size(policy_document)
+    return _moto_create_policy(self, description, path, policy_document, policy_name, tags)
+
+
+def iam_create_policy_version(self, policy_arn, policy_document, set_as_default):
+    _check_policy_size(policy_document)
+    if str(set_as_default).lower() == "true":
+        _delay_default(self, policy_arn)
+    return _moto_create_policy_version(self, policy_arn, policy_document, set_as_default)
+
+
+def iam_set_default_policy_version(self, policy_arn, version_id):
+    _delay_default(self, policy_arn)
+    return _moto_set_default_policy_version(self, policy_arn, version_id)
+
+
+def _attach(kind: str, quota_name: str, attach):
+    def wrapper(self, policy_arn: str, name: str) -> None:
+        entity = self.get_user(name) if kind == "user" else self.get_role(name)
+        if policy_arn in entity.managed_policies:
+            return attach(self, policy_arn, name)  # attaching again changes nothing, as in IAM
+        if RULES["iam_policies_per_entity"] and len(entity.managed_policies) >= ATTACHED_POLICIES_QUOTA:
+            raise LimitExceededException(f"Cannot exceed quota for {quota_name}: {ATTACHED_POLICIES_QUOTA}")
+        attach(self, policy_arn, name)
+        if IAM_PROPAGATION_SECONDS > 0:
+            _pending_attachments[(self.account_id, kind, name, policy_arn)] = \
+                time.monotonic() + IAM_PROPAGATION_SECONDS
+    return wrapper
+
+
+def _propagated(account: str, kind: str, name: str, policies: list) -> list:
+    """The policies that have reached every IAM endpoint: newer attachments and default versions left out."""
+    now, result = time.monotonic(), []
+    for policy in policies:
+        arn = getattr(policy, "arn", None)
+        if arn and getattr(policy, "versions", None) is not None:
+            if now < _pending_attachments.get((account, kind, name, arn), 0):
+                continue
+            previous = _pending_defaults.get((account, arn))
+            if previous and now < previous[1]:
+                result.append(previous[0])  # moto evaluates a document string as it is
+                continue
+        result.append(policy)
+    return result
+
+
+def user_policies(self) -> list:
+    return _propagated(self.account_id, "user", self._owner_user_name, _moto_user_policies(self))
+
+
+def role_policies(self) -> list:
+    return _propagated(self.account_id, "role", self._owner_role_name, _moto_role_policies(self))
+
+
+_moto_task_init = Task.__init__
+_moto_create_default_vpc = VPCBackend.create_default_vpc
+
+
+def task_init(self, cluster, task_definition, *args, **kwargs) -> None:
+    _moto_task_init(self, cluster, task_definition, *args, **kwargs)
+    interfaces = [{"attachmentId": a["id"], "privateIpv4Address": d["value"]} for a in self.attachments
+                  for d in a["details"] if d["name"] == "privateIPv4Address"]
+    self.containers = ecs_containers(self, task_definition, interfaces[:1])
+
+
+def create_default_vpc(self):
+    """AWS's default VPC has an internet gateway and a 0.0.0.0/0 route to it in the main route table
+    (https://docs.aws.amazon.com/vpc/latest/userguide/default-vpc.html); moto's has neither, and Fargate
+    tasks with a public IP need that route."""
+    vpc = _moto_create_default_vpc(self)
+    gateway = self.create_internet_gateway()
+    self.attach_internet_gateway(gateway.id, vpc.id)
+    main = next(t for t in self.route_tables.values() if t.vpc_id == vpc.id and t.main_association_id)
+    self.create_route(main.id, "0.0.0.0/0", gateway_id=gateway.id)
+    return vpc
+
+
 def install_patches() -> None:
+    IAMBackend.create_policy = iam_create_policy
+    IAMBackend.create_policy_version = iam_create_policy_version
+    IAMBackend.set_default_policy_version = iam_set_default_policy_version
+    IAMBackend.attach_user_policy = _attach("user", "PoliciesPerUser", _moto_attach_user_policy)
+    IAMBackend.attach_role_policy = _attach("role", "PoliciesPerRole", _moto_attach_role_policy)
+    IAMUserAccessKey.collect_policies = user_policies
+    AssumedRoleAccessKey.collect_policies = role_policies
+    EC2ContainerServiceResponse.describe_services = describe_services
+    for name in ("list_images", "describe_images", "batch_get_image"):
+        setattr(ECRResponse, name, _with_registry_images(getattr(ECRResponse, name)))
+    Task.__init__ = task_init
+    VPCBackend.create_default_vpc = create_default_vpc
     BaseResponse._authenticate_and_authorize_normal_action = authorize
     IAMPolicyStatement._check_element_matches = element_matches
     IAMPolicyStatement._check_conditions = check_conditions
@@ -927,7 +1540,7 @@ def install_patches() -> None:
     EC2ContainerServiceResponse.update_service = update_service
     EC2ContainerServiceResponse.delete_service = delete_service
     EC2ContainerServiceResponse.list_tasks = list_tasks
-    for cls in (EC2ContainerServiceResponse, EC2Response):
+    for cls in (EC2ContainerServiceResponse, EC2Response, ECRResponse):  # the scheduler reads ECR (images)
         cls.call_action = _locked(cls.call_action)
     ApplicationAutoScalingResponse.register_scalable_target = register_scalable_target
     ApplicationAutoScalingResponse.list_tags_for_resource = aas_list_tags_for_resource
@@ -975,6 +1588,46 @@ def control(request: Request) -> tuple[int, object]:
             return 200, [task_info(task) for _, _, backend in list(ecs_backends.iter_backends())
                          for tasks in backend.tasks.values() for task in tasks.values()
                          if hasattr(task, "casey_launched")]
+    if route == ("GET", "/_casey/rules"):
+        return 200, dict(RULES)
+    if route == ("POST", "/_casey/rules"):
+        if not body or not isinstance(body, dict) or not all(k in RULES and isinstance(v, bool) for k, v in body.items()):
+            return 400, {"error": f"body must be an object of rule names to true|false; rules: {sorted(RULES)}"}
+        with LOCK:
+            RULES.update(body)
+        return 200, dict(RULES)
+    if route == ("GET", "/_casey/iam/propagation"):
+        return 200, {"seconds": IAM_PROPAGATION_SECONDS}
+    if route == ("POST", "/_casey/iam/propagation"):
+        return set_iam_propagation(body.get("seconds") if isinstance(body, dict) else None)
+    if route == ("GET", "/_casey/ecr/registry"):
+        return 200, {"registry": BACKING_REGISTRY, "effective": backing_registry()}
+    if route == ("POST", "/_casey/ecr/registry"):
+        return set_registry(body.get("registry", "") if isinstance(body, dict) else "")
+    if route == ("GET", "/_casey/ecs/read-lag"):
+        return 200, {"seconds": READ_LAG["seconds"]}
+    if route == ("POST", "/_casey/ecs/read-lag"):
+        seconds = body.get("seconds") if isinstance(body, dict) else None
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 600:
+            return 400, {"error": "body must be {\"seconds\": S} with 0 <= S <= 600 (0 switches the lag off)"}
+        with LOCK:
+            if seconds and not READ_LAG["seconds"]:
+                READ_LAG["since"] = time.monotonic()
+            if not seconds:
+                SNAPSHOTS.clear()
+            READ_LAG["seconds"] = float(seconds)
+        return 200, {"seconds": READ_LAG["seconds"]}
+    if route == ("GET", "/_casey/faults"):
+        now = time.monotonic()
+        with FAULTS_LOCK:
+            return 200, [fault_view(f) for f in FAULTS if _active(f, now)]
+    if route == ("POST", "/_casey/faults"):
+        return configure_fault(body if isinstance(body, dict) else {})
+    if route == ("DELETE", "/_casey/faults"):
+        with FAULTS_LOCK:
+            cleared = len(FAULTS)
+            FAULTS.clear()
+        return 200, {"cleared": cleared}
     if route == ("GET", "/_casey/runner"):
         return 200, runner_view()
     if route == ("POST", "/_casey/runner"):
@@ -982,11 +1635,45 @@ def control(request: Request) -> tuple[int, object]:
     return 404, {"error": f"no control endpoint {request.method} {request.path}"}
 
 
+def set_iam_propagation(seconds) -> tuple[int, dict]:
+    global IAM_PROPAGATION_SECONDS
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 600:
+        return 400, {"error": "body must be {\"seconds\": S} with 0 <= S <= 600 (0: attachments count at once)"}
+    IAM_PROPAGATION_SECONDS = float(seconds)
+    return 200, {"seconds": IAM_PROPAGATION_SECONDS}
+
+
+def loopback_registry(value) -> str | None:
+    """value if it is HOST:PORT on loopback, else None. The registry is only ever reached on this machine."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}", value):
+        return None
+    host = value.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return value if loopback and 0 < int(value.rpartition(":")[2]) < 65536 else None
+
+
+def set_registry(value) -> tuple[int, dict]:
+    global BACKING_REGISTRY
+    if value is not None and loopback_registry(value) is None:
+        return 400, {"error": "body must be {\"registry\": \"127.0.0.1:PORT\"} (a loopback HOST:PORT), or "
+                              "{\"registry\": null} to remove it"}
+    with LOCK:
+        BACKING_REGISTRY = value
+    return 200, {"registry": BACKING_REGISTRY, "effective": backing_registry()}
+
+
 def make_app():
     moto_app = DomainDispatcherApplication(create_backend_app)
 
     def app(environ, start_response):
-        if not environ.get("PATH_INFO", "").startswith("/_casey/"):
+        if not environ.get("PATH_INFO", "").startswith("/_casey/"):  # the control API is never faulted
+            fault = take_fault(environ)
+            answer = fault and fault_response(fault, environ, start_response)
+            if answer is not None:
+                return answer
             return moto_app(environ, start_response)
         status, payload = control(Request(environ))
         return Response(json.dumps(payload), status, mimetype="application/json")(environ, start_response)
@@ -1006,7 +1693,7 @@ def seed_users(names: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global ROLLOUT_SECONDS, ENDPOINT_URL, TASK_ROLE
+    global ROLLOUT_SECONDS, ENDPOINT_URL, TASK_ROLE, IAM_PROPAGATION_SECONDS, BACKING_REGISTRY
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000,
@@ -1018,8 +1705,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task-role-user",
                         help="seeded user whose keys the task runner hands each task in place of the ECS task "
                              "role (default casey_localdev_service, or the last --user if that one is not seeded)")
+    parser.add_argument("--iam-propagation-seconds", type=float, default=IAM_PROPAGATION_SECONDS,
+                        help="how long a new IAM policy attachment or default version takes to count under "
+                             "enforcement (IAM is eventually consistent)")
+    parser.add_argument("--registry", metavar="HOST:PORT",
+                        help="a loopback registry that backs the emulated ECR (basic auth AWS / <account>-auth-token)")
     args = parser.parse_args(argv)
     users = args.user or DEFAULT_USERS
+    if args.registry is not None and loopback_registry(args.registry) is None:
+        parser.error(f"--registry {args.registry}: must be HOST:PORT on loopback, e.g. 127.0.0.1:5000")
+    if not 0 <= args.iam_propagation_seconds <= 600:
+        parser.error("--iam-propagation-seconds must be between 0 and 600")
     if args.task_role_user is None:
         default = "casey_localdev_service"
         args.task_role_user = default if default in users else users[-1] if len(users) > 1 else None  # 1st: admin
@@ -1028,6 +1724,7 @@ def main(argv: list[str] | None = None) -> None:
     if moto.__version__ != "5.2.1":  # the patches below lean on moto internals
         print(f"casey-emulator: warning: written for moto 5.2.1, running on {moto.__version__}", file=sys.stderr)
     ROLLOUT_SECONDS = args.rollout_seconds
+    IAM_PROPAGATION_SECONDS, BACKING_REGISTRY = args.iam_propagation_seconds, args.registry
     if args.seed_file and os.path.exists(args.seed_file):
         os.remove(args.seed_file)  # the file appearing is the readiness signal: never leave a stale one
     install_patches()

@@ -4,6 +4,7 @@ Run: ~/.cache/casey-deploy/venv/bin/python -m pytest -q emulator/test_emulator.p
 """
 
 import contextlib
+import hashlib
 import http.client
 import ipaddress
 import os
@@ -28,6 +29,8 @@ REPO = EMULATOR.parents[1]
 BACKEND_TARGET = Path.home() / ".cache/casey-deploy/backend-target"
 ROLLOUT = 0.4
 PULL_ERROR = "CannotPullContainerError: pull image manifest has been retried 5 time(s): app:bad not found"
+ECR = "123456789012.dkr.ecr.us-east-1.amazonaws.com"
+FIXTURES = EMULATOR.with_name("fixtures")
 
 
 @contextlib.contextmanager
@@ -89,20 +92,65 @@ def wait_for(predicate, timeout=10):
         time.sleep(0.1)
 
 
+def internet_gateway(ec2, vpc):
+    """An internet gateway and the main route table's 0.0.0.0/0 route to it: a public subnet, where a Fargate
+    task with a public IP reaches ECR."""
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    main = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]},
+                                              {"Name": "association.main", "Values": ["true"]}])["RouteTables"][0]
+    ec2.create_route(RouteTableId=main["RouteTableId"], DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
+    return gateway
+
+
+def ecr_endpoints(emulator, vpc, subnets, services=("ecr.api", "ecr.dkr")):
+    """Interface endpoints (private DNS) for `services` and an S3 gateway endpoint on the main route table:
+    what a Fargate task without a public IP or NAT needs to pull from ECR."""
+    ec2 = client(emulator, "ec2")
+    for service in services:
+        ec2.create_vpc_endpoint(VpcId=vpc, ServiceName=f"com.amazonaws.us-east-1.{service}",
+                                VpcEndpointType="Interface", SubnetIds=subnets, PrivateDnsEnabled=True)
+    main = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]},
+                                              {"Name": "association.main", "Values": ["true"]}])["RouteTables"][0]
+    ec2.create_vpc_endpoint(VpcId=vpc, ServiceName="com.amazonaws.us-east-1.s3", VpcEndpointType="Gateway",
+                            RouteTableIds=[main["RouteTableId"]])
+
+
+def manifest(name):
+    """An image manifest whose layer digest (and so moto's imageDigest) is unique to `name`."""
+    digest = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+    return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                       "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
+                                  "digest": digest},
+                       "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 3,
+                                   "digest": digest}]})
+
+
+def push_image(emulator, repository, *tags):
+    """Each tag as its own image in the emulated ECR (PutImage), as `docker push` leaves it there."""
+    ecr = client(emulator, "ecr")
+    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
+        ecr.create_repository(repositoryName=repository)
+    for tag in tags:
+        ecr.put_image(repositoryName=repository, imageTag=tag, imageManifest=manifest(f"{repository}:{tag}"))
+
+
 @pytest.fixture(scope="module")
 def net(emulator):
     ec2, ecs = client(emulator, "ec2"), client(emulator, "ecs")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    internet_gateway(ec2, vpc)
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"us-east-1{az}")
                ["Subnet"]["SubnetId"] for i, az in ((1, "a"), (2, "b"))]
     sg = ec2.create_security_group(GroupName="svc", Description="svc", VpcId=vpc)["GroupId"]
     ecs.create_cluster(clusterName="casey")
-    for image in ("app:1", "app:2", "app:bad"):  # revisions 1, 2, 3
+    push_image(emulator, "app", "1", "2", "bad")
+    for tag in ("1", "2", "bad"):  # revisions 1, 2, 3
         ecs.register_task_definition(
             family="app", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
-            containerDefinitions=[{"name": "app", "image": image, "portMappings": [{"containerPort": 8080}],
+            containerDefinitions=[{"name": "app", "image": f"{ECR}/app:{tag}", "portMappings": [{"containerPort": 8080}],
                                    "environment": [{"name": "PORT", "value": "8080"}]}])
-    return {"subnets": subnets, "sg": sg}
+    return {"vpc": vpc, "subnets": subnets, "sg": sg}
 
 
 def create_service(emulator, net, name, desired=2, task_definition="app:1", **extra):
@@ -237,6 +285,7 @@ def test_new_deployment_replaces_tasks_and_scaling(emulator, net):
     assert {(t["lastStatus"], t["stoppedReason"]) for t in stopped} == {
         ("STOPPED", f"Scaling activity initiated by (deployment {old_id})")}
 
+    ecr_endpoints(emulator, net["vpc"], net["subnets"])  # without a public IP, tasks reach ECR through these
     network = describe(emulator, "api")["networkConfiguration"]
     network["awsvpcConfiguration"]["assignPublicIp"] = "DISABLED"
     ecs.update_service(cluster="casey", service="api", networkConfiguration=network)
@@ -291,6 +340,8 @@ def test_security_group_rule_descriptions(emulator, net):
 
 
 def test_iam_enforcement_switch(emulator):
+    # Attachments count at once here; test_iam_attachments_take_time_to_propagate covers the delay.
+    assert control(emulator, "/_casey/iam/propagation", {"seconds": 0}) == (200, {"seconds": 0})
     iam = client(emulator, "iam")
     iam.attach_user_policy(UserName="casey_aniruddh", PolicyArn="arn:aws:iam::aws:policy/AmazonECS_FullAccess")
     # Scoped to an ARN and a condition: moto alone would never let this through (see element_matches).
@@ -311,6 +362,7 @@ def test_iam_enforcement_switch(emulator):
             client(emulator, "iam").list_users()
     finally:
         assert control(emulator, "/_casey/iam/enforce", {"enabled": False})[0] == 200
+        assert control(emulator, "/_casey/iam/propagation", {"seconds": 3})[0] == 200
     client(emulator, "ecs", key=("AKIDUNKNOWNKEY000000", "secret")).list_clusters()
 
 
@@ -357,10 +409,12 @@ def task_network(emulator, port, task_definitions):
     """A VPC, the cluster "casey" and task definitions {family: (image, environment)}, all on `port`."""
     ec2, ecs = client(emulator, "ec2"), client(emulator, "ecs")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    internet_gateway(ec2, vpc)
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24", AvailabilityZone="us-east-1a")["Subnet"]
     sg = ec2.create_security_group(GroupName="svc", Description="svc", VpcId=vpc)["GroupId"]
     ecs.create_cluster(clusterName="casey")
     for family, (image, environment) in task_definitions.items():
+        push_image(emulator, *image.split("/", 1)[1].split(":"))
         ecs.register_task_definition(
             family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
             containerDefinitions=[{"name": "app", "image": image, "portMappings": [{"containerPort": port}],
@@ -570,6 +624,7 @@ def backend_bin():
 
 def test_real_backend_as_a_task(runner, backend_bin, tmp_path):
     port = runner["port"]
+    push_image(runner, "casey-backend", "latest")
     client(runner, "ecs").register_task_definition(
         family="backend", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
         containerDefinitions=[{
