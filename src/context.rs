@@ -48,9 +48,10 @@ impl Ctx {
             std::env::set_var("CHECKPOINT_DISABLE", "1");
         }
         for warning in &settings.warnings {
-            eprintln!("warning: {warning}");
+            crate::say!("warning: {warning}");
         }
-        eprintln!("{}", settings.describe());
+        crate::say!("{}", settings.describe());
+        env::check_region()?;
         let principals = Principals {
             admin_user: global.admin_user.clone(),
             service_user: global.service_user.clone(),

@@ -20,7 +20,7 @@ use crate::cli::{Global, TfArgs};
 use crate::env::{self, Settings, Source};
 use crate::identity::{self, Identity, Principals, Role};
 use crate::process::{check_interrupted, Command};
-use crate::redact::{self, key_hint, redact};
+use crate::redact::{key_hint, redact};
 use crate::terraform::Terraform;
 
 /// The Terraform version the stack requires (`required_version`).
@@ -74,7 +74,7 @@ impl Report {
         if let (Some(fix), false) = (fix, rest.is_empty()) {
             text.push_str(&format!("\n{indent}→ fix: {fix}"));
         }
-        println!("{}", redact(&text));
+        crate::out!("{text}");
     }
 
     fn ok(&mut self, label: &str, found: &str) {
@@ -94,7 +94,7 @@ impl Report {
     }
 
     fn finish(self) -> Result<()> {
-        println!();
+        crate::out!();
         let warnings = match self.warnings {
             0 => String::new(),
             1 => ", 1 warning".to_owned(),
@@ -109,7 +109,7 @@ impl Report {
                 "{checks} FAILED{warnings}: a deploy would fail; each FAIL above ends with the command that fixes it"
             );
         }
-        println!("no check failed{warnings}: a deploy can work");
+        crate::out!("no check failed{warnings}: a deploy can work");
         Ok(())
     }
 }
@@ -124,9 +124,9 @@ pub fn run(global: &Global) -> Result<()> {
             return report.finish();
         }
     };
-    println!("casey-deploy doctor: {}", project.display());
+    crate::out!("casey-deploy doctor: {}", project.display());
     // Secrets already in the environment are masked whatever happens next.
-    register_secrets(&std::env::vars().collect());
+    env::register_secrets(std::env::vars());
     let principals = Principals {
         admin_user: global.admin_user.clone(),
         service_user: global.service_user.clone(),
@@ -260,7 +260,7 @@ fn present_env_file(report: &mut Report, label: &str, path: &Path) -> Option<BTr
     let chmod = (verdict != Verdict::Ok).then_some(chmod.as_str());
     match env::read_env_file(path) {
         Ok(vars) => {
-            register_secrets(&vars);
+            env::register_secrets(vars.clone());
             report.line(verdict, label, &format!("present, {mode}, {}", summary(&vars)), chmod);
             Some(vars)
         }
@@ -299,8 +299,11 @@ fn summary(vars: &BTreeMap<String, String>) -> String {
         (None, Some(profile)) => parts.push(format!("profile `{profile}`")),
         (None, None) => parts.push("no AWS keys".to_owned()),
     }
-    if let Some(region) = region_of(vars) {
-        parts.push(format!("region {region}"));
+    match region_of(vars) {
+        Some(region) if env::looks_like_region(region) => parts.push(format!("region {region}")),
+        // Never echoed: a value pasted into the wrong setting may be a secret.
+        Some(_) => parts.push("region <not a region name>".to_owned()),
+        None => {}
     }
     if let Some(endpoint) = vars.get("AWS_ENDPOINT_URL").filter(|e| !e.is_empty()) {
         parts.push(format!("endpoint {endpoint}"));
@@ -310,15 +313,6 @@ fn summary(vars: &BTreeMap<String, String>) -> String {
 
 fn region_of(vars: &BTreeMap<String, String>) -> Option<&str> {
     ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().filter_map(|k| vars.get(*k)).map(|v| v.trim()).find(|v| !v.is_empty())
-}
-
-fn register_secrets(vars: &BTreeMap<String, String>) {
-    for (key, value) in vars {
-        let upper = key.to_ascii_uppercase();
-        if upper.contains("SECRET") || upper.contains("TOKEN") || upper.contains("PASSWORD") {
-            redact::register(value);
-        }
-    }
 }
 
 /// `path` relative to the project when inside it (`terraform/.env`).
@@ -685,6 +679,15 @@ fn check_region(
         );
         return;
     };
+    if !env::looks_like_region(deploy) {
+        report.fail(
+            label,
+            "terraform's AWS_REGION is not a region name (its value is not shown, in case a key was pasted there)",
+            Some(&format!("set AWS_REGION=us-east-1 (or your region) in {}", short(project, env_file))),
+        );
+        return;
+    }
+    let backend_region = backend_region.filter(|b| env::looks_like_region(b));
     match backend_region {
         Some(b) if b != deploy => report.warn(
             label,

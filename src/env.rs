@@ -60,8 +60,11 @@ impl Settings {
                 parts.push(format!("key {}", key_hint(&key)));
             }
         }
-        if let Some(region) = region_from_env() {
-            parts.push(format!("region {region}"));
+        match region_from_env() {
+            Some(region) if looks_like_region(&region) => parts.push(format!("region {region}")),
+            // Never echo it: a value pasted into the wrong setting may be a secret.
+            Some(_) => parts.push("region <not a region name: check AWS_REGION>".to_owned()),
+            None => {}
         }
         if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
             parts.push(format!("endpoint {endpoint}"));
@@ -73,6 +76,33 @@ impl Settings {
 /// AWS_REGION, else AWS_DEFAULT_REGION.
 pub fn region_from_env() -> Option<String> {
     ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().filter_map(|k| std::env::var(k).ok()).find(|v| !v.trim().is_empty())
+}
+
+/// Whether `region` has the shape of an AWS region name (`us-east-1`,
+/// `us-gov-west-1`, `eu-isoe-west-1`). Anything else is never echoed, and
+/// [`check_region`] refuses it.
+pub fn looks_like_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    let (number, words) = parts.split_last().unwrap_or((&"", &[]));
+    parts.len() >= 3
+        && region.len() <= 32
+        && words[0].len() == 2
+        && words.iter().all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()))
+        && (1..=2).contains(&number.len())
+        && number.chars().all(|c| c.is_ascii_digit())
+}
+
+/// Refuse a region setting that is not a region name, without echoing it.
+pub fn check_region() -> Result<()> {
+    for key in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
+        let value = std::env::var(key).unwrap_or_default();
+        if !value.trim().is_empty() && !looks_like_region(value.trim()) {
+            bail!(
+                "{key} is not an AWS region name (such as us-east-1); its value is not shown, in case a key was pasted there. Fix {key} in terraform/.env or in the environment"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Read `env_file` (an explicit path must exist; the default may be absent),
@@ -122,49 +152,218 @@ pub fn layer(env_file: Option<&Path>, from_file: BTreeMap<String, String>) -> Re
     Ok(Settings { source, warnings: Vec::new() })
 }
 
-/// Parse an env file into key/value pairs, failing with the file and line.
+/// The largest env file read: it holds a handful of settings. Anything
+/// bigger (or endless, like `/dev/zero`) is refused before it is read.
+pub const MAX_ENV_FILE: u64 = 64 * 1024;
+
+/// Parse an env file into key/value pairs. Refuses at once anything that is
+/// not a regular file of at most [`MAX_ENV_FILE`] bytes. A line that cannot
+/// be parsed fails with the file, its line number and at most its key name:
+/// never a value.
 pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+    let text = read_small_file(path)?;
     let mut vars = BTreeMap::new();
     for item in dotenvy::from_read_iter(text.as_bytes()) {
         match item {
             Ok((key, value)) => {
                 vars.insert(key, value);
             }
-            Err(dotenvy::Error::LineParse(line, _)) => {
-                let number = line_number(&text, &line);
-                // Only the key part of the line: the rest may hold a secret
-                // (also when the `=` is missing: `KEY secret`).
-                let shown: String = line
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .take(40)
-                    .collect();
-                bail!(
-                    "{}:{number}: cannot parse this line (starts with `{}`); each line must be KEY=VALUE, with quotes around values that contain spaces",
-                    path.display(),
-                    shown.trim()
-                );
-            }
-            Err(err) => bail!("{}: {err}", path.display()),
+            Err(dotenvy::Error::Io(err)) => bail!("could not read {}: {err}", path.display()),
+            // Never dotenvy's own text: it quotes what it choked on, which
+            // may be the secret itself.
+            Err(_) => return Err(parse_error(path, &text)),
         }
     }
     Ok(vars)
 }
 
-fn line_number(text: &str, fragment: &str) -> usize {
-    let first = fragment.lines().next().unwrap_or("").trim();
-    text.lines().position(|l| !first.is_empty() && l.trim().starts_with(first)).map_or(0, |i| i + 1)
+/// The file's text, after checking (without opening it: a FIFO would block)
+/// that it is a regular file of sane size.
+fn read_small_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("could not read {}", path.display()))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_fifo() {
+            "a named pipe"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "something other than a file"
+        };
+        bail!(
+            "{} is {what}, not a regular file; an env file must be a plain text file of KEY=VALUE lines (see terraform/.env.example)",
+            path.display()
+        );
+    }
+    if meta.len() > MAX_ENV_FILE {
+        bail!(
+            "{} is {} bytes; an env file holds a few KEY=VALUE settings and may be at most {} KiB: point --env-file at the right file",
+            path.display(),
+            meta.len(),
+            MAX_ENV_FILE / 1024
+        );
+    }
+    let file = std::fs::File::open(path).with_context(|| format!("could not read {}", path.display()))?;
+    // The file may grow between the check and the read: never read more
+    // than one byte past the limit.
+    let mut bytes = Vec::new();
+    file.take(MAX_ENV_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("could not read {}", path.display()))?;
+    if bytes.len() as u64 > MAX_ENV_FILE {
+        bail!(
+            "{} grew beyond {} KiB while it was read; an env file may be at most that",
+            path.display(),
+            MAX_ENV_FILE / 1024
+        );
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
+        anyhow::anyhow!("{}:{line}: this line is not UTF-8 text; save the file as UTF-8", path.display())
+    })
 }
 
-fn register_secrets<I: IntoIterator<Item = (String, String)>>(vars: I) {
+/// The error for a file dotenvy could not parse: which line, and why, from
+/// our own reading of the file setting by setting.
+fn parse_error(path: &Path, text: &str) -> anyhow::Error {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (number, line) in logical_lines(text) {
+        if dotenvy::from_read_iter(line.as_bytes()).all(|item| item.is_ok()) {
+            continue;
+        }
+        let (key, why) = diagnose(&line);
+        // The rest of the line may be a secret: mask it in anything printed
+        // later (doctor goes on after this error).
+        if key.as_deref().is_none_or(is_secret_name) {
+            for word in line.split(|c: char| c.is_whitespace() || c == '=' || c == '"' || c == '\'') {
+                if Some(word) != key.as_deref() {
+                    redact::register(word);
+                }
+            }
+        }
+        let named = key.map(|k| format!(" (the line of `{k}`)")).unwrap_or_default();
+        return anyhow::anyhow!(
+            "{}:{number}: cannot parse this line{named}: {why}. Each line must be KEY=VALUE, with quotes around a value that contains spaces (the line itself is not shown: it may hold a secret)",
+            path.display()
+        );
+    }
+    anyhow::anyhow!(
+        "{}: cannot parse this file as KEY=VALUE lines (put quotes around values that contain spaces)",
+        path.display()
+    )
+}
+
+/// The file split as dotenvy splits it: one entry per setting (a quoted
+/// value may span lines), each with the number of the line it starts on.
+/// Comments are dropped.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut start = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (index, physical) in text.split_inclusive('\n').enumerate() {
+        if current.is_empty() {
+            start = index + 1;
+            if physical.trim_start().starts_with('#') {
+                continue;
+            }
+        }
+        let mut comment_at = None;
+        let mut after_blank = false;
+        for (pos, c) in physical.char_indices() {
+            if escaped {
+                escaped = false;
+            } else if let Some(q) = quote {
+                if c == '\\' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                }
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' || c == '\'' {
+                quote = Some(c);
+            } else if c == '#' && after_blank {
+                comment_at = Some(pos);
+                break;
+            }
+            after_blank = quote.is_none() && !escaped && (c == ' ' || c == '\t');
+        }
+        current.push_str(&physical[..comment_at.unwrap_or(physical.len())]);
+        if quote.is_none() && !escaped {
+            out.push((start, current.trim_end_matches(['\n', '\r']).to_owned()));
+            current.clear();
+        }
+    }
+    if !current.is_empty() {
+        out.push((start, current));
+    }
+    out
+}
+
+/// The key of a line that did not parse (only when it plainly is a variable
+/// name, never a word that could be a value), and what is wrong with it.
+fn diagnose(line: &str) -> (Option<String>, &'static str) {
+    let body = line.trim_start();
+    let body = body.strip_prefix("export ").map(str::trim_start).unwrap_or(body);
+    let is_key = |k: &str| {
+        k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    };
+    match body.split_once('=') {
+        Some((key, value)) if is_key(key.trim_end()) => {
+            let key = Some(key.trim_end().to_owned());
+            let value = value.trim();
+            let doubles = value.chars().filter(|c| *c == '"').count();
+            let singles = value.chars().filter(|c| *c == '\'').count();
+            if doubles % 2 == 1 || singles % 2 == 1 {
+                (key, "a quote in the value is not closed")
+            } else if value.contains([' ', '\t']) {
+                (key, "there is more text after a space or a tab in the value")
+            } else {
+                (key, "the value holds a character that needs quotes (such as a backslash)")
+            }
+        }
+        Some(_) => (None, "the text before `=` is not a variable name"),
+        None => {
+            // `AWS_SECRET_ACCESS_KEY wJalr…`: the first word is shown only
+            // when it looks like a variable name (upper case with `_`), which
+            // a secret key or token does not.
+            let first = body.split_whitespace().next().unwrap_or("");
+            let looks_like_name = first.contains('_')
+                && first.len() <= 64
+                && first.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            (looks_like_name.then(|| first.to_owned()), "there is no `=` on it")
+        }
+    }
+}
+
+/// Whether a variable's value is a secret, judged by its name. Paths to
+/// secrets (`…_TOKEN_FILE`) are not secrets themselves.
+pub fn is_secret_name(key: &str) -> bool {
+    let upper = key.to_ascii_uppercase();
+    if upper.ends_with("_FILE") || upper.ends_with("_PATH") || upper.ends_with("_DIR") {
+        return false;
+    }
+    SECRET_VARS.contains(&upper.as_str())
+        || ["SECRET", "TOKEN", "PASSWORD", "PASSWD", "PRIVATE_KEY", "API_KEY", "CREDENTIAL"]
+            .iter()
+            .any(|word| upper.contains(word))
+}
+
+/// Register every value of a secret-named variable for masking.
+pub fn register_secrets<I: IntoIterator<Item = (String, String)>>(vars: I) {
     for (key, value) in vars {
-        let upper = key.to_ascii_uppercase();
-        if SECRET_VARS.contains(&upper.as_str()) || upper.contains("PASSWORD") || upper.ends_with("_SECRET") {
+        if is_secret_name(&key) {
             redact::register(&value);
         }
     }
@@ -200,6 +399,34 @@ mod tests {
         assert!(err.contains(".env:2:") && err.contains("`AWS_SECRET_ACCESS_KEY`"), "{err}");
         assert!(!err.contains("wJalr"), "a secret leaked: {err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn settings_are_numbered_by_the_line_they_start_on() {
+        let text = "# c\nA=1\nB=\"x\ny\"\n\nC='q # not a comment' # a comment\nD=4\n";
+        let lines: Vec<usize> = logical_lines(text).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(lines, vec![2, 3, 5, 6, 7]);
+        assert_eq!(logical_lines("A=\"open\nB=2\n"), vec![(1, "A=\"open\nB=2\n".to_owned())]);
+    }
+
+    #[test]
+    fn only_region_names_look_like_regions() {
+        for ok in ["us-east-1", "eu-central-2", "us-gov-west-1", "us-isob-east-1", "ap-southeast-4"] {
+            assert!(looks_like_region(ok), "{ok}");
+        }
+        for bad in ["", "us-east", "useast1", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "US-EAST-1", "us-east-123"] {
+            assert!(!looks_like_region(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_names() {
+        for name in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GITHUB_TOKEN", "DB_PASSWORD", "OPENAI_API_KEY"] {
+            assert!(is_secret_name(name), "{name}");
+        }
+        for name in ["AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_PROFILE"] {
+            assert!(!is_secret_name(name), "{name}");
+        }
     }
 
     #[test]

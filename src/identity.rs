@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use aws_config::SdkConfig;
 use aws_credential_types::provider::ProvideCredentials;
 
+use crate::aws::Failure;
 use crate::env::{self, Settings, Source};
 use crate::redact::{self, key_hint};
 
@@ -82,8 +83,18 @@ pub async fn caller(sdk: &SdkConfig, settings: &Settings) -> Result<Identity> {
         redact::register(token);
     }
     let out = aws_sdk_sts::Client::new(sdk).get_caller_identity().send().await.map_err(|e| {
+        let endpoint = sdk.endpoint_url().map_or_else(|| "AWS STS".to_owned(), |url| format!("STS at {url}"));
+        let advice = match crate::aws::failure(&e) {
+            Failure::Timeout | Failure::Unreachable => format!(
+                "{endpoint} did not answer: check the network, a proxy (HTTPS_PROXY) or AWS_ENDPOINT_URL, then run the same command again"
+            ),
+            Failure::Server => format!(
+                "{endpoint} is failing or throttling (the keys were not judged): try again in a few minutes; https://health.aws.amazon.com shows AWS outages"
+            ),
+            Failure::Refused | Failure::Other => "Check that the keys are current (not deleted or expired) and AWS_REGION is set; `aws sts get-caller-identity` shows the same check".to_owned(),
+        };
         anyhow::anyhow!(
-            "STS could not verify the credentials ({}, key {}): {}\nCheck that the keys are current (not deleted or expired) and AWS_REGION is set; `aws sts get-caller-identity` shows the same check",
+            "STS could not verify the credentials ({}, key {}): {}\n{advice}",
             settings.source,
             key_hint(creds.access_key_id()),
             crate::aws::error_text(&e)
@@ -113,7 +124,7 @@ pub fn check(identity: &Identity, principals: &Principals) -> Result<()> {
         Role::Service => "the SERVICE ACCOUNT",
         Role::Other => "not the configured admin",
     };
-    eprintln!("caller: {} (account {}) — {label}", identity.arn, identity.account);
+    crate::say!("caller: {} (account {}) — {label}", identity.arn, identity.account);
     match role {
         Role::Admin => Ok(()),
         Role::Service => bail!(

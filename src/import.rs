@@ -19,13 +19,13 @@ const ADOPTABLE: &[&str] =
 
 pub fn run(ctx: &Ctx, args: &TfArgs) -> Result<()> {
     let tf = ctx.terraform(args);
-    eprintln!("==> terraform init ({})", tf.dir().display());
+    crate::say!("==> terraform init ({})", tf.dir().display());
     tf.init()?;
     let imported = adopt(ctx, &tf)?;
     if imported.is_empty() {
-        eprintln!("Nothing to import: every adoptable resource is already in the state or does not exist in AWS.");
+        crate::say!("Nothing to import: every adoptable resource is already in the state or does not exist in AWS.");
     } else {
-        eprintln!("Imported {} resource(s). Next: `casey-deploy infra`", imported.len());
+        crate::say!("Imported {} resource(s). Next: `casey-deploy infra`", imported.len());
     }
     Ok(())
 }
@@ -49,11 +49,11 @@ pub fn adopt(ctx: &Ctx, tf: &Terraform) -> Result<Vec<String>> {
         let Some(id) = import_id(kind, &rc["change"]["after"], &partition, &ctx.identity.account) else { continue };
         let out = tf.import(address, &id)?;
         if out.success() {
-            eprintln!("imported {address} ({id})");
+            crate::say!("imported {address} ({id})");
             imported.push(address.to_owned());
         } else if out.stderr.contains("non-existent remote object") || out.stdout.contains("non-existent remote object")
         {
-            eprintln!("not in AWS: {address} ({id})");
+            crate::say!("not in AWS: {address} ({id})");
         } else {
             bail!("`terraform import {address} {id}` failed:\n{}", out.tail(15));
         }

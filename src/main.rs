@@ -26,11 +26,12 @@ use cli::{Cli, Verb};
 use context::Ctx;
 
 fn main() -> ExitCode {
+    redact::install_panic_hook();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {}", redact::redact(&format!("{err:#}")));
+            crate::say!("error: {err:#}");
             match err.downcast_ref::<process::Interrupted>() {
                 Some(i) => ExitCode::from((128 + i.signal) as u8),
                 None => ExitCode::FAILURE,

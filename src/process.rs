@@ -9,7 +9,7 @@
 //!   stop, and then refuse to start any further step.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 
@@ -18,6 +18,9 @@ use anyhow::{bail, Context, Result};
 use crate::redact::redact;
 
 static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Private temporary paths (plan folders, docker configs) to remove if the
+/// process exits from the signal handler, where no destructor runs.
+static REMOVE_ON_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
 
 /// The error a step returns when the user (or a supervisor) interrupted it.
@@ -68,8 +71,8 @@ pub fn install_signal_handler() -> Result<()> {
             INTERRUPTED_BY.store(signal, Ordering::SeqCst);
             let pids = CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if pids.is_empty() {
-                eprintln!("casey-deploy: {}", Interrupted::new(signal));
-                std::process::exit(128 + signal);
+                crate::say!("casey-deploy: {}", Interrupted::new(signal));
+                exit(128 + signal);
             }
             // A terminal's Ctrl-C has no sending process and already reached
             // the child through the process group.
@@ -79,10 +82,32 @@ pub fn install_signal_handler() -> Result<()> {
                     unsafe { libc::kill(*pid as libc::pid_t, signal) };
                 }
             }
-            eprintln!("casey-deploy: interrupt received; waiting for the running command to stop cleanly");
+            crate::say!("casey-deploy: interrupt received; waiting for the running command to stop cleanly");
         }
     });
     Ok(())
+}
+
+/// Remove `path` (a file or a folder) if the process is ended by a signal
+/// before its owner removes it. The owner removes it itself on every normal
+/// path (a `Drop`) and then calls [`forget_on_exit`].
+pub fn remove_on_exit(path: &Path) {
+    REMOVE_ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_path_buf());
+}
+
+/// `path` was removed by its owner: nothing to do for it at exit.
+pub fn forget_on_exit(path: &Path) {
+    REMOVE_ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p != path);
+}
+
+/// Exit now, removing what [`remove_on_exit`] registered first
+/// (`std::process::exit` runs no destructor).
+pub fn exit(code: i32) -> ! {
+    let paths = std::mem::take(&mut *REMOVE_ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+    for path in paths {
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
+    std::process::exit(code)
 }
 
 /// Fails with [`Interrupted`] once a signal has arrived.
@@ -233,7 +258,7 @@ impl Command {
                 break;
             }
             let line = redact(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
-            eprintln!("{line}");
+            crate::say!("{line}");
             kept.push_str(&line);
             kept.push('\n');
         }
@@ -288,8 +313,14 @@ pub fn spawn_service(program: &str, args: &[String], log: &std::path::Path) -> R
 
 /// Whether a process is alive.
 pub fn alive(pid: u32) -> bool {
+    // 0 and "negative" pids would name process groups.
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
     // SAFETY: kill(2) with signal 0 only checks for existence.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    let found = unsafe { libc::kill(pid as libc::pid_t, 0) == 0 };
+    // EPERM: it exists, but belongs to another user.
+    found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// SIGTERM, then SIGKILL after `grace`.

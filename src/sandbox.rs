@@ -70,19 +70,63 @@ pub fn run(project: &Path, action: &SandboxAction, admin_user: &str) -> Result<(
 }
 
 fn print_status(sandbox: &Sandbox) {
-    println!("SANDBOX_ENDPOINT={}", sandbox.endpoint);
+    crate::out!("SANDBOX_ENDPOINT={}", sandbox.endpoint);
     if let Some(registry) = &sandbox.registry {
-        println!("SANDBOX_REGISTRY={registry}");
+        crate::out!("SANDBOX_REGISTRY={registry}");
     }
-    eprintln!(
+    crate::say!(
         "sandbox: emulator at {}, state in {}; stop it with `casey-deploy sandbox down`",
         sandbox.endpoint,
         sandbox.dir.display()
     );
 }
 
-/// The sandbox, started if it is not running.
+/// An exclusive lock on `.casey/sandbox.lock`, held while the sandbox is
+/// started or stopped, so two runs in one project share one sandbox instead
+/// of each starting (and clearing) their own. Released when dropped (the
+/// file is closed; children do not inherit it: Rust opens files CLOEXEC).
+struct SandboxLock {
+    _file: std::fs::File,
+}
+
+fn lock(project: &Path) -> Result<SandboxLock> {
+    use std::os::fd::AsRawFd;
+    let casey = project.join(".casey");
+    create_private_dir(&casey)?;
+    let path = casey.join("sandbox.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("could not open {}", path.display()))?;
+    let fd = file.as_raw_fd();
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(SandboxLock { _file: file });
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        bail!("could not lock {}: {err}", path.display());
+    }
+    crate::say!("==> sandbox: another casey-deploy is starting or stopping this project's sandbox; waiting for it");
+    loop {
+        // SAFETY: as above; blocks until the other run releases the lock.
+        if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
+            return Ok(SandboxLock { _file: file });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            bail!("could not lock {}: {err}", path.display());
+        }
+        process::check_interrupted()?;
+    }
+}
+
+/// The sandbox, started if it is not running. Under the project's sandbox
+/// lock: a second run waits for the first to finish starting it, then uses it.
 pub fn up(project: &Path, admin_user: &str) -> Result<Sandbox> {
+    let _lock = lock(project)?;
     if let Some(sandbox) = running(project, admin_user)? {
         return Ok(sandbox);
     }
@@ -98,7 +142,7 @@ pub fn up(project: &Path, admin_user: &str) -> Result<Sandbox> {
     std::fs::write(&script, EMULATOR).with_context(|| format!("could not write {}", script.display()))?;
     let seed = dir.join("seed.json");
     let port = free_port()?;
-    eprintln!("==> sandbox: starting the AWS emulator on 127.0.0.1:{port}");
+    crate::say!("==> sandbox: starting the AWS emulator on 127.0.0.1:{port}");
     let args: Vec<String> = vec![
         script.display().to_string(),
         "--host".into(),
@@ -156,12 +200,17 @@ pub fn running(project: &Path, admin_user: &str) -> Result<Option<Sandbox>> {
 pub fn down(project: &Path) -> Result<()> {
     let dir = dir(project);
     if !dir.exists() {
-        eprintln!("the sandbox is not running");
+        crate::say!("the sandbox is not running");
+        return Ok(());
+    }
+    let _lock = lock(project)?;
+    if !dir.exists() {
+        crate::say!("the sandbox is not running");
         return Ok(());
     }
     stop_services(&dir);
     std::fs::remove_dir_all(&dir).with_context(|| format!("could not remove {}", dir.display()))?;
-    eprintln!("sandbox stopped; {} removed", dir.display());
+    crate::say!("sandbox stopped; {} removed", dir.display());
     Ok(())
 }
 
@@ -264,14 +313,16 @@ pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs) -> Result<Ou
                     rollout::force_new_deployment(ctx, &outputs, &args.rollout)?;
                     return Ok(outputs);
                 }
-                Err(err) => eprintln!(
+                Err(err) => crate::say!(
                     "==> sandbox: the image did not build ({}); building the backend with cargo and running the tasks as local processes instead",
                     first_line(&format!("{err:#}"))
                 ),
             }
         }
         Err(reason) => {
-            eprintln!("==> sandbox: {reason}: building the backend with cargo and running the tasks as local processes")
+            crate::say!(
+                "==> sandbox: {reason}: building the backend with cargo and running the tasks as local processes"
+            )
         }
     }
     let binary = cargo_build_backend(&ctx.project)?;
@@ -304,7 +355,7 @@ fn cargo_build_backend(project: &Path) -> Result<String> {
         bail!("{} does not exist: the sandbox builds the backend from the project's backend/", manifest.display());
     }
     let manifest = manifest.display().to_string();
-    eprintln!("==> cargo build (backend)");
+    crate::say!("==> cargo build (backend)");
     Command::new("cargo")
         .args(["build", "--locked", "--bin", "casey-backend", "--manifest-path", &manifest])
         .run_ok()?;
@@ -368,7 +419,7 @@ fn python_with_moto(project: &Path) -> Result<String> {
     if !have_python {
         bail!("the sandbox needs Python 3 for its AWS emulator: `apt-get install -y python3 python3-venv`, then run this again");
     }
-    eprintln!("==> sandbox: installing {MOTO} into {} (once)", venv.display());
+    crate::say!("==> sandbox: installing {MOTO} into {} (once)", venv.display());
     let venv_arg = venv.display().to_string();
     let made = Command::new("python3").args(["-m", "venv", &venv_arg]).quiet().run()?;
     if !made.success() {

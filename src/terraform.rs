@@ -23,16 +23,24 @@ pub enum PlanMode {
 }
 
 /// A plan file in a private (0700) folder under `.terraform/`, removed when
-/// dropped: a plan can hold variable values and must not linger.
+/// dropped: a plan can hold variable values and must not linger. The folder
+/// is named after this process (`casey-deploy-<pid>-<name>`), so one left by
+/// a run that was killed is recognised and removed by the next run.
 pub struct PlanFile {
     dir: PathBuf,
     path: PathBuf,
 }
 
+/// The prefix of every plan folder.
+const PLAN_DIR_PREFIX: &str = "casey-deploy-";
+
 impl PlanFile {
     pub fn create(tf_dir: &Path, name: &str) -> Result<PlanFile> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir = tf_dir.join(".terraform").join(format!("casey-deploy-{}-{name}", std::process::id()));
+        sweep_stale_plans(tf_dir);
+        let dir = tf_dir.join(".terraform").join(format!("{PLAN_DIR_PREFIX}{}-{name}", std::process::id()));
+        // Registered first: a signal may end the process at any point after.
+        crate::process::remove_on_exit(&dir);
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -50,6 +58,34 @@ impl PlanFile {
 impl Drop for PlanFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        crate::process::forget_on_exit(&self.dir);
+    }
+}
+
+/// Remove the plan folders of runs that no longer exist (killed with
+/// SIGKILL, or a crash): `.terraform/casey-deploy-<pid>-*` whose pid is not
+/// a live process. Folders of live runs (another casey-deploy in the same
+/// project) are left alone.
+pub fn sweep_stale_plans(tf_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(tf_dir.join(".terraform")) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PLAN_DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && pid != std::process::id() && !crate::process::alive(pid) {
+            if std::fs::remove_dir_all(entry.path()).is_ok() {
+                crate::say!(
+                    "removed {}, a plan left by an earlier run that was killed (pid {pid})",
+                    entry.path().display()
+                );
+            }
+        }
     }
 }
 
@@ -71,6 +107,7 @@ impl Terraform {
         for file in &user.var_files {
             var_args.push(format!("-var-file={}", absolute(file).display()));
         }
+        sweep_stale_plans(dir);
         Terraform { dir: dir.to_path_buf(), var_args }
     }
 

@@ -1,0 +1,528 @@
+//! Hardening (issue 10): no value of a malformed or misplaced setting is ever
+//! printed, an env file that is not a small regular file is refused at once,
+//! plan files do not outlive interrupts and crashes, a silent or failing AWS
+//! endpoint ends in bounded time with what the server said, and two runs in
+//! one project share one sandbox. Everything through the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{copy_terraform, Emulator, Keys, Project, Run};
+
+/// A secret that only these tests use, beside the emulator's.
+const OTHER_SECRET: &str = "hardeningTestSecretValue/0123456789abcdefXYZ";
+
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// `cmd` run to its end, killed (and reported as `None`) after `limit`.
+fn run_with_limit(mut cmd: Command, limit: Duration) -> (Run, Duration) {
+    let started = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (out, err) = (drain(child.stdout.take().unwrap()), drain(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let elapsed = started.elapsed();
+    std::thread::sleep(Duration::from_millis(100));
+    let run = Run {
+        code: status.and_then(|s| s.code()),
+        stdout: out.lock().unwrap().clone(),
+        stderr: err.lock().unwrap().clone(),
+    };
+    (run, elapsed)
+}
+
+/// Read a pipe into a shared string on a thread.
+fn drain(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&text);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// Wait until `text` holds `needle` (or the child ended, or `limit` passed).
+#[track_caller]
+fn wait_for(child: &mut Child, text: &Arc<Mutex<String>>, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !text.lock().unwrap().contains(needle) {
+        if let Ok(Some(status)) = child.try_wait() {
+            std::thread::sleep(Duration::from_millis(200));
+            panic!("casey-deploy ended ({status}) before printing `{needle}`:\n{}", text.lock().unwrap());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no `{needle}` in {limit:?}:\n{}", text.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn plan_dirs(tf_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(tf_dir.join(".terraform")) else { return Vec::new() };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("casey-deploy-"))
+        .collect()
+}
+
+/// Nothing in `run` holds any of `secrets`.
+#[track_caller]
+fn assert_clean(run: &Run, secrets: &[&str]) {
+    for secret in secrets {
+        assert!(!run.all().contains(secret), "a secret value leaked into the output:\n{}", run.all());
+    }
+}
+
+// ------------------------------------------------------------ 1. malformed lines
+
+#[test]
+fn a_malformed_env_line_shows_file_line_and_key_but_never_the_value() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    let admin = emulator.admin();
+    let secret = &admin.secret_access_key;
+    let head = format!(
+        "# the admin's settings\nAWS_REGION=us-east-1\nNOTE=\"a value on\ntwo lines\"\nAWS_ACCESS_KEY_ID={}\n",
+        admin.access_key_id
+    );
+    // (bad line 6, the key the message may name)
+    let cases = [
+        (format!("AWS_SECRET_ACCESS_KEY={secret} extra"), Some("AWS_SECRET_ACCESS_KEY")),
+        (format!("AWS_SECRET_ACCESS_KEY={secret}\tand more text"), Some("AWS_SECRET_ACCESS_KEY")),
+        (format!("AWS_SECRET_ACCESS_KEY {secret}"), Some("AWS_SECRET_ACCESS_KEY")),
+        (secret.clone(), None),
+        (OTHER_SECRET.to_owned(), None),
+        (format!("AWS_SECRET_ACCESS_KEY=\"{OTHER_SECRET}"), Some("AWS_SECRET_ACCESS_KEY")),
+    ];
+    for (line, key) in &cases {
+        write_private(&project.tf_dir().join(".env"), &format!("{head}{line}\nAWS_SECRET_ACCESS_KEY={secret}\n"));
+        let run = project.casey(&["whoami"]);
+        run.assert_fails_with("terraform/.env:6: cannot parse this line");
+        assert_clean(&run, &[secret, OTHER_SECRET]);
+        if let Some(key) = key {
+            assert!(run.stderr.contains(&format!("`{key}`")), "the key is named: {}", run.stderr);
+        }
+        // No fragment of the value either (dotenvy's own error quoted it).
+        assert!(!run.all().contains(&secret[..12]) && !run.all().contains(&OTHER_SECRET[..12]), "{}", run.all());
+
+        let doctor = project.casey(&["doctor"]);
+        assert!(!doctor.ok(), "doctor must fail on a malformed terraform/.env:\n{}", doctor.all());
+        assert!(doctor.stdout.contains("terraform/.env:6: cannot parse this line"), "{}", doctor.stdout);
+        assert_clean(&doctor, &[secret, OTHER_SECRET]);
+    }
+}
+
+// ------------------------------------------------ 2. a secret in another setting
+
+#[test]
+fn a_secret_pasted_into_another_setting_is_never_printed() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    let admin = emulator.admin();
+    let secret = &admin.secret_access_key;
+    write_private(
+        &project.tf_dir().join(".env"),
+        &format!("AWS_REGION={secret}\nAWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={secret}\n", admin.access_key_id),
+    );
+    let run = project.casey(&["whoami"]);
+    run.assert_fails_with("AWS_REGION is not an AWS region name");
+    assert!(run.stderr.contains("credentials: access keys from"), "{}", run.stderr);
+
+    let doctor = project.casey(&["doctor"]);
+    assert!(!doctor.ok(), "{}", doctor.all());
+    assert!(doctor.stdout.contains("AWS_REGION is not a region name"), "{}", doctor.stdout);
+
+    // The same from the environment, where the file sets no region.
+    project.write_env(admin);
+    let env = project.tf_dir().join(".env");
+    let text = std::fs::read_to_string(&env).unwrap().replace("AWS_REGION=us-east-1\n", "");
+    write_private(&env, &text);
+    let run = project.casey_with(&["whoami"], &[("AWS_DEFAULT_REGION", secret)]);
+    run.assert_fails_with("AWS_DEFAULT_REGION is not an AWS region name");
+
+    // A secret-named variable of another tool is masked too.
+    write_private(&env, &format!("{text}GITHUB_TOKEN={OTHER_SECRET}\nAWS_REGION=us-east-1\n"));
+    let run =
+        project.casey_with(&["whoami"], &[("AWS_ENDPOINT_URL", &format!("{}/?{OTHER_SECRET}", emulator.endpoint))]);
+    assert_clean(&run, &[OTHER_SECRET]);
+    assert!(run.stderr.contains("endpoint http://127.0.0.1"), "{}", run.stderr);
+}
+
+// --------------------------------------------------- 3. endless or odd env files
+
+#[test]
+fn an_env_file_that_is_not_a_small_regular_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_terraform(dir.path());
+    let project = Project { dir, endpoint: "http://127.0.0.1:9".into(), secrets: vec![OTHER_SECRET.into()] };
+    let env = project.tf_dir().join(".env");
+
+    // An endless device. The child's address space is capped so that a
+    // tool that reads it anyway fails instead of eating the machine's memory.
+    std::os::unix::fs::symlink("/dev/zero", &env).unwrap();
+    let mut cmd = project.command(&["whoami"]);
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 2 << 30, rlim_max: 2 << 30 };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
+            Ok(())
+        });
+    }
+    let (run, took) = run_with_limit(cmd, Duration::from_secs(10));
+    run.assert_fails_with("is a character device, not a regular file");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    // A named pipe: opening it would block forever.
+    std::fs::remove_file(&env).unwrap();
+    let c_path = std::ffi::CString::new(env.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let (run, took) = run_with_limit(project.command(&["whoami"]), Duration::from_secs(10));
+    run.assert_fails_with("is a named pipe, not a regular file");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let (doctor, took) = run_with_limit(project.command(&["doctor"]), Duration::from_secs(60));
+    assert!(doctor.stdout.contains("is a named pipe, not a regular file"), "{:?}\n{}", took, doctor.all());
+
+    // A huge regular file.
+    std::fs::remove_file(&env).unwrap();
+    write_private(&env, &format!("AWS_REGION=us-east-1\n{}", "# padding\n".repeat(20_000)));
+    let (run, _) = run_with_limit(project.command(&["whoami"]), Duration::from_secs(10));
+    run.assert_fails_with("may be at most 64 KiB");
+
+    // A directory.
+    std::fs::remove_file(&env).unwrap();
+    std::fs::create_dir(&env).unwrap();
+    let (run, _) = run_with_limit(project.command(&["whoami"]), Duration::from_secs(10));
+    run.assert_fails_with("is a directory, not a regular file");
+}
+
+// ------------------------------------------------------------- 6. plan files
+
+/// A pseudo-terminal: the master end (kept open by the test) and a file for
+/// the child's stdin on the other end, so the tool asks its question.
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt failed");
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(slave >= 0, "cannot open the pty's slave end");
+        (std::fs::File::from_raw_fd(master), std::fs::File::from_raw_fd(slave))
+    }
+}
+
+#[test]
+fn sigint_at_the_apply_prompt_leaves_no_plan_file() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    let (_master, slave) = pty();
+    let mut child = project
+        .command(&["infra"])
+        .stdin(Stdio::from(slave))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    wait_for(&mut child, &stderr, "Apply this plan?", Duration::from_secs(240));
+    let dirs = plan_dirs(&project.tf_dir());
+    assert_eq!(dirs.len(), 1, "the plan waits in its folder while the question is asked: {dirs:?}");
+    let plans: Vec<_> = std::fs::read_dir(&dirs[0]).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(plans.iter().any(|p| p.extension().is_some_and(|e| e == "tfplan")), "{plans:?}");
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let run =
+        Run { code: status.code(), stdout: stdout.lock().unwrap().clone(), stderr: stderr.lock().unwrap().clone() };
+    assert_eq!(run.code, Some(130), "{}", run.all());
+    run.assert_no_secrets(&project.secrets);
+    assert_eq!(plan_dirs(&project.tf_dir()), Vec::<PathBuf>::new(), "the plan outlived the interrupt");
+    assert_eq!(
+        emulator.aws(&["ecs", "list-clusters"])["clusterArns"].as_array().unwrap().len(),
+        0,
+        "nothing was applied"
+    );
+}
+
+#[test]
+fn a_plan_left_by_a_killed_apply_is_removed_by_the_next_run() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    // Its own process group, so terraform can be killed with it afterwards.
+    let mut child = project
+        .command(&["infra", "--yes"])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    wait_for(&mut child, &stderr, "==> terraform apply", Duration::from_secs(240));
+    let pid = child.id() as libc::pid_t;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    child.wait().unwrap();
+    // Then terraform and its provider, as a crash of the whole job would.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(1));
+    let stale = plan_dirs(&project.tf_dir());
+    assert_eq!(stale.len(), 1, "SIGKILL leaves the plan folder behind: {stale:?}");
+    assert!(stale[0].file_name().unwrap().to_string_lossy().contains(&format!("-{pid}-")));
+    let secrets: Vec<&str> = project.secrets.iter().map(String::as_str).collect();
+    assert_clean(&Run { code: None, stdout: String::new(), stderr: stderr.lock().unwrap().clone() }, &secrets);
+
+    // A plan folder of a live run in the same project is left alone.
+    let live = project.tf_dir().join(".terraform").join(format!("casey-deploy-{}-infra", std::process::id()));
+    std::fs::create_dir_all(&live).unwrap();
+
+    let next = project.casey(&["infra", "--yes"]);
+    assert!(
+        next.stderr.contains(&format!("a plan left by an earlier run that was killed (pid {pid})")),
+        "{}",
+        next.all()
+    );
+    assert_eq!(plan_dirs(&project.tf_dir()), vec![live.clone()], "only the live run's folder remains");
+    std::fs::remove_dir(&live).unwrap();
+}
+
+// ----------------------------------------------------- 9. timeouts and 5xx
+
+/// A fake AWS endpoint on 127.0.0.1 (no real part can stall or fail on
+/// demand): it reads each request and answers it with `answer`, or never
+/// answers when `answer` is `None`. Counts the requests.
+struct FakeAwsServer {
+    endpoint: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl FakeAwsServer {
+    fn start(answer: Option<String>) -> FakeAwsServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&requests);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let answer = answer.clone();
+                let count = Arc::clone(&count);
+                std::thread::spawn(move || serve(stream, answer.as_deref(), &count));
+            }
+        });
+        FakeAwsServer { endpoint, requests }
+    }
+
+    fn project(&self) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        copy_terraform(dir.path());
+        let project = Project { dir, endpoint: self.endpoint.clone(), secrets: vec![OTHER_SECRET.into()] };
+        project.write_env(&Keys {
+            access_key_id: "AKIDFAKESERVERKEY001".into(),
+            secret_access_key: OTHER_SECRET.into(),
+            arn: String::new(),
+        });
+        project
+    }
+}
+
+fn serve(mut stream: TcpStream, answer: Option<&str>, count: &AtomicUsize) {
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    loop {
+        // One request: the head, then Content-Length bytes of body.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        if stream.read_exact(&mut body).is_err() {
+            return;
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+        match answer {
+            // Stall: keep the connection open and say nothing for 90 s.
+            None => {
+                std::thread::sleep(Duration::from_secs(90));
+                return;
+            }
+            Some(answer) => {
+                if stream.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn http_500(content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn a_silent_sts_endpoint_ends_in_bounded_time_and_says_so() {
+    let server = FakeAwsServer::start(None);
+    let project = server.project();
+    let mut cmd = project.command(&["whoami"]);
+    cmd.env("AWS_MAX_ATTEMPTS", "1");
+    let (run, took) = run_with_limit(cmd, Duration::from_secs(75));
+    assert!(took < Duration::from_secs(45), "a silent endpoint held the tool for {took:?}:\n{}", run.all());
+    run.assert_fails_with("no answer in time");
+    assert!(run.stderr.contains(&format!("STS at {}", server.endpoint)), "{}", run.stderr);
+    assert!(run.stderr.contains("did not answer"), "{}", run.stderr);
+    assert!(!run.stderr.contains("Check that the keys are current"), "the keys were not judged:\n{}", run.stderr);
+    assert_clean(&run, &[OTHER_SECRET]);
+    assert!(server.requests.load(Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn a_failing_sts_endpoint_is_named_with_its_http_status() {
+    // A body that is not an AWS error document.
+    let server = FakeAwsServer::start(Some(http_500("text/plain", "Internal Server Error")));
+    let project = server.project();
+    let (run, took) = run_with_limit(project.command(&["whoami"]), Duration::from_secs(60));
+    run.assert_fails_with("HTTP 500 without an AWS error code; the answer began: \"Internal Server Error\"");
+    assert!(run.stderr.contains("is failing or throttling"), "{}", run.stderr);
+    assert!(!run.stderr.contains("unhandled error"), "{}", run.stderr);
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    assert_clean(&run, &[OTHER_SECRET]);
+    assert!(server.requests.load(Ordering::SeqCst) >= 2, "a 500 is retried");
+
+    // An AWS error document: its code and message.
+    let xml = "<ErrorResponse><Error><Type>Receiver</Type><Code>InternalFailure</Code><Message>the fake server fails on purpose</Message></Error><RequestId>1</RequestId></ErrorResponse>";
+    let server = FakeAwsServer::start(Some(http_500("text/xml", xml)));
+    let project = server.project();
+    let (run, _) = run_with_limit(project.command(&["whoami"]), Duration::from_secs(60));
+    run.assert_fails_with("HTTP 500, InternalFailure: the fake server fails on purpose");
+    assert_clean(&run, &[OTHER_SECRET]);
+}
+
+// ------------------------------------------------------- 10. one sandbox
+
+/// The project's sandbox is stopped when the test ends, pass or fail.
+struct SandboxProject {
+    dir: tempfile::TempDir,
+}
+
+impl SandboxProject {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_casey-deploy"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("AWS_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("--project-dir").arg(self.dir.path()).args(args).stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for SandboxProject {
+    fn drop(&mut self) {
+        let _ = self.command(&["sandbox", "down"]).output();
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmdline| String::from_utf8_lossy(cmdline).contains(needle))
+        .count()
+}
+
+#[test]
+fn two_runs_at_once_share_one_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_terraform(dir.path());
+    let project = SandboxProject { dir };
+    let children: Vec<Child> = (0..2)
+        .map(|_| project.command(&["sandbox", "up"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let runs: Vec<Run> = children
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            Run {
+                code: out.status.code(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            }
+        })
+        .collect();
+    for run in &runs {
+        run.assert_ok();
+    }
+    let endpoint = |run: &Run| {
+        run.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("SANDBOX_ENDPOINT="))
+            .unwrap_or_else(|| panic!("no SANDBOX_ENDPOINT= line:\n{}", run.all()))
+            .to_owned()
+    };
+    assert_eq!(endpoint(&runs[0]), endpoint(&runs[1]), "both runs must use the same sandbox");
+    assert!(
+        runs.iter().any(|r| r.stderr.contains("another casey-deploy is starting or stopping")),
+        "the second run waits for the first:\n{}\n{}",
+        runs[0].stderr,
+        runs[1].stderr
+    );
+    let script = project.dir.path().join(".casey/sandbox/casey_emulator.py");
+    assert_eq!(processes_with(&script.display().to_string()), 1, "one emulator for the project");
+    // The endpoint printed is the one that answers.
+    let endpoint = endpoint(&runs[0]);
+    let address = endpoint.trim_start_matches("http://");
+    let (status, _) = common::http_get(
+        address.split(':').next().unwrap(),
+        address.split(':').nth(1).unwrap().parse().unwrap(),
+        "/_casey/health",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+}
