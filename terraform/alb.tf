@@ -11,7 +11,7 @@ resource "aws_lb" "backend" {
   load_balancer_type         = "application"
   internal                   = false
   security_groups            = [aws_security_group.alb[0].id]
-  subnets                    = local.subnet_ids
+  subnets                    = local.alb_subnet_ids
   idle_timeout               = var.alb_idle_timeout
   drop_invalid_header_fields = true
   enable_deletion_protection = var.alb_deletion_protection
@@ -26,10 +26,16 @@ resource "aws_lb" "backend" {
     }
   }
 
+  # https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateLoadBalancer.html
   lifecycle {
     precondition {
-      condition     = length(local.subnet_ids) >= 2
-      error_message = "An ALB needs at least two subnets in different Availability Zones; set subnet_ids (or use a VPC with two or more subnets)."
+      condition     = length(local.alb_subnet_ids) >= 2
+      error_message = "An ALB needs subnets in at least two different Availability Zones; the selected subnets (${join(", ", local.subnet_ids)}) are in ${length(local.alb_subnet_ids)} (${join(", ", keys(local.alb_subnets_by_az))}). Set subnet_ids to subnets in two or more zones (or use a VPC that has them)."
+    }
+
+    precondition {
+      condition     = can(regex("^[A-Za-z0-9]([A-Za-z0-9-]{0,30}[A-Za-z0-9])?$", local.alb_name)) && !startswith(local.alb_name, "internal-")
+      error_message = "The ALB and its target group are named \"${local.alb_name}\" (ecs_service_name, unless alb_name is set), which is not a valid load balancer name: 1-32 letters, digits and hyphens, not starting or ending with a hyphen, not starting with \"internal-\". Set alb_name, e.g. -var alb_name=casey-backend."
     }
   }
 }
@@ -38,12 +44,12 @@ resource "aws_lb_target_group" "backend" {
   #checkov:skip=CKV_AWS_378:TLS terminates at the ALB; the backend speaks plain HTTP/WebSocket on 3001 inside the VPC, reachable only from the ALB's security group.
   count = var.enable_alb ? 1 : 0
 
-  name                 = local.alb_name
+  name                 = local.target_group_name
   target_type          = "ip"
   protocol             = "HTTP"
   port                 = local.container_port
   vpc_id               = local.vpc_id
-  deregistration_delay = 30
+  deregistration_delay = var.alb_deregistration_delay
 
   # Plain-HTTP endpoint: an ALB health check cannot do the WebSocket upgrade of /ws.
   health_check {

@@ -65,6 +65,9 @@ locals {
       }
     }
 
+    # SIGTERM to SIGKILL; see var.container_stop_timeout.
+    stopTimeout = var.container_stop_timeout
+
     readonlyRootFilesystem = var.readonly_root_filesystem
     # Writable scratch space (Fargate task storage) for the read-only root.
     mountPoints = [{
@@ -108,6 +111,7 @@ resource "aws_ecs_task_definition" "backend" {
 ################################################################################
 
 resource "aws_ecs_service" "backend" {
+  #checkov:skip=CKV_AWS_333:On the default VPC's public subnets (no NAT, no VPC endpoints) a task needs its public IP to pull from ECR and write logs; var.task_assign_public_ip turns it off for private subnets. With the ALB the task security group admits only the ALB's group; without it clients connect to that IP (documented no-ALB mode).
   name                              = var.ecs_service_name
   cluster                           = aws_ecs_cluster.this.id
   task_definition                   = aws_ecs_task_definition.backend.arn
@@ -127,9 +131,11 @@ resource "aws_ecs_service" "backend" {
   }
 
   network_configuration {
-    subnets          = local.subnet_ids
-    security_groups  = [aws_security_group.ecs_tasks.id]
-    assign_public_ip = !var.enable_alb
+    subnets         = local.subnet_ids
+    security_groups = [aws_security_group.ecs_tasks.id]
+    # The default VPC has no NAT gateway and no VPC endpoints: a task without
+    # a public IP cannot reach ECR or CloudWatch Logs there.
+    assign_public_ip = var.task_assign_public_ip
   }
 
   dynamic "load_balancer" {
@@ -146,6 +152,11 @@ resource "aws_ecs_service" "backend" {
   # this every apply would reset it to var.desired_count.
   lifecycle {
     ignore_changes = [desired_count]
+
+    precondition {
+      condition     = var.enable_alb || var.task_assign_public_ip
+      error_message = "task_assign_public_ip=false needs enable_alb=true: without the ALB, clients connect to the task's public IP (ws://<task ip>:3001/ws), so a task without one cannot be reached."
+    }
   }
 
   # ECS refuses a target group that no listener uses yet, and tasks need the

@@ -88,9 +88,11 @@ data "aws_iam_policy_document" "casey_backend" {
       "logs:PutLogEvents",
       "logs:DescribeLogStreams",
     ]
+    # Built from the name, not the resource's arn attribute, so the document
+    # (and its size precondition) is known at plan time.
     resources = [
-      aws_cloudwatch_log_group.casey_backend_aws_usage.arn,
-      "${aws_cloudwatch_log_group.casey_backend_aws_usage.arn}:*",
+      "${local.arn_prefix.logs}:log-group:${local.usage_log_group_name}",
+      "${local.arn_prefix.logs}:log-group:${local.usage_log_group_name}:*",
     ]
   }
 }
@@ -105,6 +107,11 @@ resource "aws_iam_policy" "casey_backend" {
   # detach the policy from the service account and the task role.
   lifecycle {
     ignore_changes = [description]
+
+    precondition {
+      condition     = length(data.aws_iam_policy_document.casey_backend.minified_json) <= local.managed_policy_quota
+      error_message = "IAM policy ${local.backend_policy_name} (aws_iam_policy.casey_backend) renders to ${length(data.aws_iam_policy_document.casey_backend.minified_json)} characters without whitespace, over IAM's quota of ${local.managed_policy_quota} for a managed policy; CreatePolicy would fail with LimitExceeded. Shorten data.aws_iam_policy_document.casey_backend (terraform/iam.tf) or move statements into a second policy attached to the same user and task role."
+    }
   }
 }
 
@@ -148,6 +155,13 @@ resource "aws_iam_role" "ecs_execution" {
   name               = local.execution_role_name
   description        = "ECS task execution role for ${var.ecs_service_name}"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+
+  lifecycle {
+    precondition {
+      condition     = length(data.aws_iam_policy_document.ecs_tasks_assume.minified_json) <= local.trust_policy_quota
+      error_message = "The trust policy of IAM role ${local.execution_role_name} renders to ${length(data.aws_iam_policy_document.ecs_tasks_assume.minified_json)} characters without whitespace, over IAM's default quota of ${local.trust_policy_quota} for a role trust policy; CreateRole would fail with LimitExceeded. Shorten data.aws_iam_policy_document.ecs_tasks_assume (terraform/iam.tf)."
+    }
+  }
 }
 
 resource "aws_iam_role_policy_attachment" "ecs_execution" {
@@ -160,6 +174,13 @@ resource "aws_iam_role" "ecs_task" {
   name               = local.task_role_name
   description        = "ECS task role for ${var.ecs_service_name} (casey-backend-ai)"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+
+  lifecycle {
+    precondition {
+      condition     = length(data.aws_iam_policy_document.ecs_tasks_assume.minified_json) <= local.trust_policy_quota
+      error_message = "The trust policy of IAM role ${local.task_role_name} renders to ${length(data.aws_iam_policy_document.ecs_tasks_assume.minified_json)} characters without whitespace, over IAM's default quota of ${local.trust_policy_quota} for a role trust policy; CreateRole would fail with LimitExceeded. Shorten data.aws_iam_policy_document.ecs_tasks_assume (terraform/iam.tf)."
+    }
+  }
 }
 
 resource "aws_iam_role_policy_attachment" "ecs_task" {
@@ -168,12 +189,40 @@ resource "aws_iam_role_policy_attachment" "ecs_task" {
 }
 
 ################################################################################
-# casey-terraform-admin: what Terraform and deploy.sh need, scoped to the
+# casey-terraform-admin*: what Terraform and casey-deploy need, scoped to the
 # stack's own names where the service supports resource-level permissions
-# (https://docs.aws.amazon.com/service-authorization/latest/reference/reference_policies_actions-resources-contextkeys.html)
+# (https://docs.aws.amazon.com/service-authorization/latest/reference/reference_policies_actions-resources-contextkeys.html).
+#
+# Split by concern into several managed policies, all attached to the admin
+# user: IAM caps a customer-managed policy at 6,144 characters without
+# whitespace and a user at 10 attached managed policies
+# (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html).
+# The first part keeps the seed's name and holds the IAM rights, so it alone
+# can create and attach the others.
 ################################################################################
 
 locals {
+  # IAM's quotas (link above): customer-managed policy and role trust policy
+  # length, in characters without whitespace.
+  managed_policy_quota = 6144
+  trust_policy_quota   = 2048
+
+  admin_policy_names = {
+    iam     = local.admin_policy_name
+    ecs     = "${local.admin_policy_name}-ecs"
+    network = "${local.admin_policy_name}-network"
+  }
+  admin_policy_descriptions = {
+    iam     = "casey Terraform admin (1/3): the stack's IAM policies, roles and attachments"
+    ecs     = "casey Terraform admin (2/3): ECS cluster and service, ECR, CloudWatch Logs, auto scaling"
+    network = "casey Terraform admin (3/3): security groups, load balancer, certificates"
+  }
+  admin_policy_documents = {
+    iam     = data.aws_iam_policy_document.terraform_admin_iam
+    ecs     = data.aws_iam_policy_document.terraform_admin_ecs
+    network = data.aws_iam_policy_document.terraform_admin_network
+  }
+
   arn_prefix = {
     ecr  = "arn:${local.partition}:ecr:${local.region}:${local.account_id}"
     ecs  = "arn:${local.partition}:ecs:${local.region}:${local.account_id}"
@@ -191,10 +240,10 @@ locals {
     "${local.arn_prefix.iam}:role/${local.execution_role_name}",
     "${local.arn_prefix.iam}:role/${local.task_role_name}",
   ]
-  stack_policy_arns = [
-    "${local.arn_prefix.iam}:policy/${local.backend_policy_name}",
-    "${local.arn_prefix.iam}:policy/${local.admin_policy_name}",
-  ]
+  stack_policy_arns = concat(
+    ["${local.arn_prefix.iam}:policy/${local.backend_policy_name}"],
+    [for name in values(local.admin_policy_names) : "${local.arn_prefix.iam}:policy/${name}"],
+  )
   stack_user_arns = [
     data.aws_iam_user.service_account.arn,
     data.aws_iam_user.terraform_admin.arn,
@@ -215,291 +264,27 @@ locals {
     "${local.arn_prefix.elb}:loadbalancer/app/${local.alb_name}/*",
     "${local.arn_prefix.elb}:listener/app/${local.alb_name}/*",
     "${local.arn_prefix.elb}:listener-rule/app/${local.alb_name}/*",
-    "${local.arn_prefix.elb}:targetgroup/${local.alb_name}/*",
+    "${local.arn_prefix.elb}:targetgroup/${local.target_group_name}/*",
   ]
+  # ECS, Application Auto Scaling and ELB create these on first use in an
+  # account (ECS on the first CreateCluster/CreateService) with the caller's
+  # rights (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/using-service-linked-roles.html).
+  service_linked_roles = {
+    "ecs.amazonaws.com"                         = "${local.arn_prefix.iam}:role/aws-service-role/ecs.amazonaws.com/AWSServiceRoleForECS"
+    "ecs.application-autoscaling.amazonaws.com" = local.autoscaling_service_role
+    "elasticloadbalancing.amazonaws.com"        = "${local.arn_prefix.iam}:role/aws-service-role/elasticloadbalancing.amazonaws.com/AWSServiceRoleForElasticLoadBalancing"
+  }
 }
 
-data "aws_iam_policy_document" "terraform_admin" {
-  #checkov:skip=CKV_AWS_356:Only ecs:ListTasks/ListServices use "*" among restrictable actions (ListTasks scopes to container instances, which Fargate has none of); both are limited to the stack's cluster by the ecs:cluster condition.
-  # --- Actions that AWS only grants on "*" (no resource-level permissions) ---
+# --- Part 1, casey-terraform-admin: identity and the stack's IAM ---
+data "aws_iam_policy_document" "terraform_admin_iam" {
+  # No resource-level permissions for these two.
   statement {
-    sid = "GlobalReadOnly"
-    actions = [
-      "sts:GetCallerIdentity",
-      "iam:ListUsers",
-      "ec2:DescribeAccountAttributes",
-      "ec2:DescribeAvailabilityZones",
-      "ec2:DescribeNetworkInterfaces",
-      "ec2:DescribeRouteTables",
-      "ec2:DescribeSecurityGroupRules",
-      "ec2:DescribeSecurityGroups",
-      "ec2:DescribeSubnets",
-      "ec2:DescribeVpcs",
-      "ecs:DescribeTaskDefinition",
-      "ecs:ListClusters",
-      "ecs:ListTaskDefinitions",
-      "elasticloadbalancing:DescribeCapacityReservation",
-      "elasticloadbalancing:DescribeListenerAttributes",
-      "elasticloadbalancing:DescribeListeners",
-      "elasticloadbalancing:DescribeLoadBalancerAttributes",
-      "elasticloadbalancing:DescribeLoadBalancers",
-      "elasticloadbalancing:DescribeRules",
-      "elasticloadbalancing:DescribeSSLPolicies",
-      "elasticloadbalancing:DescribeTags",
-      "elasticloadbalancing:DescribeTargetGroupAttributes",
-      "elasticloadbalancing:DescribeTargetGroups",
-      "elasticloadbalancing:DescribeTargetHealth",
-      "logs:DescribeLogGroups",
-      "application-autoscaling:DescribeScalableTargets",
-      "application-autoscaling:DescribeScalingActivities",
-      "application-autoscaling:DescribeScalingPolicies",
-      "acm:ListCertificates",
-      "ecr:GetAuthorizationToken",
-    ]
+    sid       = "Identity"
+    actions   = ["sts:GetCallerIdentity", "iam:ListUsers"]
     resources = ["*"]
   }
 
-  # RegisterTaskDefinition / DeregisterTaskDefinition have no resource type.
-  statement {
-    sid = "EcsTaskDefinitions"
-    actions = [
-      "ecs:RegisterTaskDefinition",
-      "ecs:DeregisterTaskDefinition",
-    ]
-    resources = ["*"]
-  }
-
-  # ListTasks only supports container-instance ARNs, which Fargate tasks do
-  # not have; the ecs:cluster condition limits it to the stack's cluster.
-  statement {
-    sid       = "EcsListTasksInStackCluster"
-    actions   = ["ecs:ListTasks", "ecs:ListServices"]
-    resources = ["*"]
-
-    condition {
-      test     = "ArnEquals"
-      variable = "ecs:cluster"
-      values   = ["${local.arn_prefix.ecs}:cluster/${var.ecs_cluster_name}"]
-    }
-  }
-
-  statement {
-    sid = "EcsStackResources"
-    actions = [
-      "ecs:CreateCluster",
-      "ecs:CreateService",
-      "ecs:DeleteCluster",
-      "ecs:DescribeClusters",
-      "ecs:PutClusterCapacityProviders",
-      "ecs:UpdateCluster",
-      "ecs:UpdateClusterSettings",
-      "ecs:DeleteService",
-      "ecs:DescribeServices",
-      "ecs:UpdateService",
-      "ecs:DescribeTasks",
-      "ecs:ListTagsForResource",
-      "ecs:TagResource",
-      "ecs:UntagResource",
-    ]
-    resources = local.stack_ecs_arns
-  }
-
-  statement {
-    sid = "EcrStackRepository"
-    actions = [
-      "ecr:CreateRepository",
-      "ecr:DeleteRepository",
-      "ecr:DescribeRepositories",
-      "ecr:PutImageScanningConfiguration",
-      "ecr:PutImageTagMutability",
-      "ecr:PutEncryptionConfiguration",
-      "ecr:GetLifecyclePolicy",
-      "ecr:PutLifecyclePolicy",
-      "ecr:DeleteLifecyclePolicy",
-      "ecr:GetRepositoryPolicy",
-      "ecr:ListTagsForResource",
-      "ecr:TagResource",
-      "ecr:UntagResource",
-      # Image push/pull for deploy.sh.
-      "ecr:BatchCheckLayerAvailability",
-      "ecr:InitiateLayerUpload",
-      "ecr:UploadLayerPart",
-      "ecr:CompleteLayerUpload",
-      "ecr:PutImage",
-      "ecr:BatchGetImage",
-      "ecr:GetDownloadUrlForLayer",
-      "ecr:DescribeImages",
-      "ecr:ListImages",
-      "ecr:BatchDeleteImage",
-    ]
-    resources = ["${local.arn_prefix.ecr}:repository/${var.ecr_repository_name}"]
-  }
-
-  # ECR grants itself access to the AWS managed aws/ecr key on repository
-  # creation and retires the grant on deletion.
-  statement {
-    sid = "EcrKmsGrants"
-    actions = [
-      "kms:CreateGrant",
-      "kms:DescribeKey",
-      "kms:RetireGrant",
-    ]
-    resources = ["${local.arn_prefix.kms}:key/*"]
-
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["ecr.${local.region}.amazonaws.com"]
-    }
-  }
-
-  statement {
-    sid = "LogsStackLogGroups"
-    actions = [
-      "logs:CreateLogGroup",
-      "logs:DeleteLogGroup",
-      "logs:PutRetentionPolicy",
-      "logs:DeleteRetentionPolicy",
-      "logs:ListTagsForResource",
-      "logs:ListTagsLogGroup",
-      "logs:TagResource",
-      "logs:TagLogGroup",
-      "logs:UntagResource",
-      "logs:UntagLogGroup",
-      "logs:DescribeLogStreams",
-      "logs:GetLogEvents",
-      "logs:FilterLogEvents",
-    ]
-    resources = local.stack_log_group_arns
-  }
-
-  # --- EC2: security groups are scoped by the Project tag once they exist.
-  # VPC ARNs use a wildcard so that changing vpc_id does not need a policy
-  # update first (the new VPC is read and used in the same plan/apply). ---
-  statement {
-    sid       = "Ec2DescribeStackVpc"
-    actions   = ["ec2:DescribeVpcAttribute"]
-    resources = ["${local.arn_prefix.ec2}:vpc/*"]
-  }
-
-  statement {
-    sid     = "Ec2CreateSecurityGroup"
-    actions = ["ec2:CreateSecurityGroup"]
-    resources = [
-      "${local.arn_prefix.ec2}:vpc/*",
-      "${local.arn_prefix.ec2}:security-group/*",
-    ]
-  }
-
-  statement {
-    sid = "Ec2TagOnCreate"
-    actions = [
-      "ec2:CreateTags",
-    ]
-    resources = [
-      "${local.arn_prefix.ec2}:security-group/*",
-      "${local.arn_prefix.ec2}:security-group-rule/*",
-    ]
-
-    condition {
-      test     = "StringEquals"
-      variable = "ec2:CreateAction"
-      values   = ["CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress"]
-    }
-  }
-
-  statement {
-    sid = "Ec2ManageStackSecurityGroups"
-    actions = [
-      "ec2:AuthorizeSecurityGroupEgress",
-      "ec2:AuthorizeSecurityGroupIngress",
-      "ec2:CreateTags",
-      "ec2:DeleteSecurityGroup",
-      "ec2:DeleteTags",
-      "ec2:ModifySecurityGroupRules",
-      "ec2:RevokeSecurityGroupEgress",
-      "ec2:RevokeSecurityGroupIngress",
-      "ec2:UpdateSecurityGroupRuleDescriptionsEgress",
-      "ec2:UpdateSecurityGroupRuleDescriptionsIngress",
-    ]
-    resources = ["${local.arn_prefix.ec2}:security-group/*"]
-
-    condition {
-      test     = "StringEquals"
-      variable = "aws:ResourceTag/Project"
-      values   = [local.project]
-    }
-  }
-
-  # Rules are only reachable through their (tag-scoped) security group.
-  statement {
-    sid = "Ec2SecurityGroupRules"
-    actions = [
-      "ec2:AuthorizeSecurityGroupEgress",
-      "ec2:AuthorizeSecurityGroupIngress",
-      "ec2:CreateTags",
-      "ec2:DeleteTags",
-      "ec2:ModifySecurityGroupRules",
-      "ec2:RevokeSecurityGroupEgress",
-      "ec2:RevokeSecurityGroupIngress",
-    ]
-    resources = ["${local.arn_prefix.ec2}:security-group-rule/*"]
-  }
-
-  statement {
-    sid = "ElbStackResources"
-    actions = [
-      "elasticloadbalancing:AddTags",
-      "elasticloadbalancing:CreateListener",
-      "elasticloadbalancing:CreateLoadBalancer",
-      "elasticloadbalancing:CreateTargetGroup",
-      "elasticloadbalancing:DeleteListener",
-      "elasticloadbalancing:DeleteLoadBalancer",
-      "elasticloadbalancing:DeleteTargetGroup",
-      "elasticloadbalancing:ModifyListener",
-      "elasticloadbalancing:ModifyListenerAttributes",
-      "elasticloadbalancing:ModifyLoadBalancerAttributes",
-      "elasticloadbalancing:ModifyTargetGroup",
-      "elasticloadbalancing:ModifyTargetGroupAttributes",
-      "elasticloadbalancing:RemoveTags",
-      "elasticloadbalancing:SetSecurityGroups",
-      "elasticloadbalancing:SetSubnets",
-    ]
-    resources = local.stack_elb_arns
-  }
-
-  statement {
-    sid       = "AcmDescribeCertificates"
-    actions   = ["acm:DescribeCertificate", "acm:ListTagsForCertificate"]
-    resources = ["${local.arn_prefix.acm}:certificate/*"]
-  }
-
-  statement {
-    sid = "AppAutoScaling"
-    actions = [
-      "application-autoscaling:DeleteScalingPolicy",
-      "application-autoscaling:DeregisterScalableTarget",
-      "application-autoscaling:ListTagsForResource",
-      "application-autoscaling:PutScalingPolicy",
-      "application-autoscaling:RegisterScalableTarget",
-      "application-autoscaling:TagResource",
-      "application-autoscaling:UntagResource",
-    ]
-    resources = ["${local.arn_prefix.aas}:scalable-target/*"]
-  }
-
-  # Target tracking creates and deletes its CloudWatch alarms with the caller's rights.
-  statement {
-    sid = "TargetTrackingAlarms"
-    actions = [
-      "cloudwatch:DeleteAlarms",
-      "cloudwatch:DescribeAlarms",
-      "cloudwatch:PutMetricAlarm",
-    ]
-    resources = ["${local.arn_prefix.cw}:alarm:TargetTracking-${local.autoscaling_resource_id}-*"]
-  }
-
-  # --- IAM: only the stack's own policies, roles and users ---
   statement {
     sid = "IamStackPolicies"
     actions = [
@@ -573,7 +358,7 @@ data "aws_iam_policy_document" "terraform_admin" {
     resources = local.stack_user_arns
   }
 
-  # Only the two stack policies can be attached, so the admin cannot grant
+  # Only the stack's own policies can be attached, so the admin cannot grant
   # itself (or the service account) anything else.
   statement {
     sid = "IamStackUserPolicyAttachments"
@@ -593,16 +378,12 @@ data "aws_iam_policy_document" "terraform_admin" {
   statement {
     sid       = "IamServiceLinkedRoles"
     actions   = ["iam:CreateServiceLinkedRole"]
-    resources = ["${local.arn_prefix.iam}:role/aws-service-role/*"]
+    resources = values(local.service_linked_roles)
 
     condition {
       test     = "StringEquals"
       variable = "iam:AWSServiceName"
-      values = [
-        "ecs.amazonaws.com",
-        "ecs.application-autoscaling.amazonaws.com",
-        "elasticloadbalancing.amazonaws.com",
-      ]
+      values   = keys(local.service_linked_roles)
     }
   }
 
@@ -620,37 +401,341 @@ data "aws_iam_policy_document" "terraform_admin" {
   }
 }
 
-resource "aws_iam_policy" "terraform_admin" {
-  name        = local.admin_policy_name
-  description = "casey Terraform admin: manage the casey stack (ECR, ECS, ALB, security groups, IAM, logs, auto scaling)"
-  policy      = data.aws_iam_policy_document.terraform_admin.json
+# --- Part 2, casey-terraform-admin-ecs: the service, its image, logs and scaling ---
+data "aws_iam_policy_document" "terraform_admin_ecs" {
+  #checkov:skip=CKV_AWS_356:Only ecs:ListTasks uses "*" among restrictable actions (it scopes to container instances, which Fargate has none of); the ecs:cluster condition limits it to the stack's cluster.
+  # No resource-level permissions for these.
+  statement {
+    sid = "EcsEcrLogsReadOnly"
+    actions = [
+      "ecs:DescribeTaskDefinition",
+      "ecs:DeregisterTaskDefinition",
+      "ecs:ListClusters",
+      "ecs:ListTaskDefinitions",
+      "ecr:GetAuthorizationToken",
+      "logs:DescribeLogGroups",
+      "application-autoscaling:DescribeScalableTargets",
+      "application-autoscaling:DescribeScalingActivities",
+      "application-autoscaling:DescribeScalingPolicies",
+    ]
+    resources = ["*"]
+  }
 
-  # Replacing this policy would detach it from the admin mid-apply (see the
-  # attachment below); an imported policy's description must not force that.
-  lifecycle {
-    prevent_destroy = true
-    ignore_changes  = [description]
+  # ListTasks only supports container-instance ARNs, which Fargate tasks do
+  # not have; the ecs:cluster condition limits both to the stack's cluster.
+  statement {
+    sid       = "EcsListInStackCluster"
+    actions   = ["ecs:ListTasks", "ecs:ListServices"]
+    resources = ["*"]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = ["${local.arn_prefix.ecs}:cluster/${var.ecs_cluster_name}"]
+    }
+  }
+
+  statement {
+    sid = "EcsStackResources"
+    actions = [
+      "ecs:CreateCluster",
+      "ecs:CreateService",
+      "ecs:DeleteCluster",
+      "ecs:DescribeClusters",
+      "ecs:PutClusterCapacityProviders",
+      "ecs:UpdateCluster",
+      "ecs:UpdateClusterSettings",
+      "ecs:DeleteService",
+      "ecs:DescribeServices",
+      "ecs:UpdateService",
+      "ecs:DescribeTasks",
+      "ecs:RegisterTaskDefinition",
+      "ecs:ListTagsForResource",
+      "ecs:TagResource",
+      "ecs:UntagResource",
+    ]
+    resources = local.stack_ecs_arns
+  }
+
+  statement {
+    sid = "EcrStackRepository"
+    actions = [
+      "ecr:CreateRepository",
+      "ecr:DeleteRepository",
+      "ecr:DescribeRepositories",
+      "ecr:PutImageScanningConfiguration",
+      "ecr:PutImageTagMutability",
+      "ecr:GetLifecyclePolicy",
+      "ecr:PutLifecyclePolicy",
+      "ecr:DeleteLifecyclePolicy",
+      "ecr:GetRepositoryPolicy",
+      "ecr:ListTagsForResource",
+      "ecr:TagResource",
+      "ecr:UntagResource",
+      # Image push/pull for casey-deploy image.
+      "ecr:BatchCheckLayerAvailability",
+      "ecr:InitiateLayerUpload",
+      "ecr:UploadLayerPart",
+      "ecr:CompleteLayerUpload",
+      "ecr:PutImage",
+      "ecr:BatchGetImage",
+      "ecr:GetDownloadUrlForLayer",
+      "ecr:DescribeImages",
+      "ecr:ListImages",
+      "ecr:BatchDeleteImage",
+    ]
+    resources = ["${local.arn_prefix.ecr}:repository/${var.ecr_repository_name}"]
+  }
+
+  # ECR grants itself access to the AWS managed aws/ecr key on repository
+  # creation and retires the grant on deletion.
+  statement {
+    sid = "EcrKmsGrants"
+    actions = [
+      "kms:CreateGrant",
+      "kms:DescribeKey",
+      "kms:RetireGrant",
+    ]
+    resources = ["${local.arn_prefix.kms}:key/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["ecr.${local.region}.amazonaws.com"]
+    }
+  }
+
+  statement {
+    sid = "LogsStackLogGroups"
+    actions = [
+      "logs:CreateLogGroup",
+      "logs:DeleteLogGroup",
+      "logs:PutRetentionPolicy",
+      "logs:DeleteRetentionPolicy",
+      "logs:ListTagsForResource",
+      "logs:ListTagsLogGroup",
+      "logs:TagResource",
+      "logs:TagLogGroup",
+      "logs:UntagResource",
+      "logs:UntagLogGroup",
+      "logs:DescribeLogStreams",
+      "logs:GetLogEvents",
+      "logs:FilterLogEvents",
+    ]
+    resources = local.stack_log_group_arns
+  }
+
+  statement {
+    sid = "AppAutoScaling"
+    actions = [
+      "application-autoscaling:DeleteScalingPolicy",
+      "application-autoscaling:DeregisterScalableTarget",
+      "application-autoscaling:ListTagsForResource",
+      "application-autoscaling:PutScalingPolicy",
+      "application-autoscaling:RegisterScalableTarget",
+      "application-autoscaling:TagResource",
+      "application-autoscaling:UntagResource",
+    ]
+    resources = ["${local.arn_prefix.aas}:scalable-target/*"]
+  }
+
+  # Target tracking creates and deletes its CloudWatch alarms with the caller's rights.
+  statement {
+    sid = "TargetTrackingAlarms"
+    actions = [
+      "cloudwatch:DeleteAlarms",
+      "cloudwatch:DescribeAlarms",
+      "cloudwatch:PutMetricAlarm",
+    ]
+    resources = ["${local.arn_prefix.cw}:alarm:TargetTracking-${local.autoscaling_resource_id}-*"]
   }
 }
 
-# Lock-out protection. The admin user runs Terraform with (ideally) only this
-# policy. Nothing in the stack depends on this attachment, so `terraform destroy`
-# would detach it in its first wave and every later call would be denied,
-# leaving a half-destroyed stack and an admin who can no longer fix it.
-# prevent_destroy makes Terraform refuse any plan that deletes or replaces it
+# --- Part 3, casey-terraform-admin-network: security groups, ALB, certificates ---
+data "aws_iam_policy_document" "terraform_admin_network" {
+  # No resource-level permissions for these.
+  statement {
+    sid = "NetworkReadOnly"
+    actions = [
+      "ec2:DescribeAccountAttributes",
+      "ec2:DescribeAvailabilityZones",
+      "ec2:DescribeNetworkInterfaces",
+      "ec2:DescribeRouteTables",
+      "ec2:DescribeSecurityGroupRules",
+      "ec2:DescribeSecurityGroups",
+      "ec2:DescribeSubnets",
+      "ec2:DescribeVpcs",
+      "elasticloadbalancing:DescribeCapacityReservation",
+      "elasticloadbalancing:DescribeListenerAttributes",
+      "elasticloadbalancing:DescribeListeners",
+      "elasticloadbalancing:DescribeLoadBalancerAttributes",
+      "elasticloadbalancing:DescribeLoadBalancers",
+      "elasticloadbalancing:DescribeRules",
+      "elasticloadbalancing:DescribeSSLPolicies",
+      "elasticloadbalancing:DescribeTags",
+      "elasticloadbalancing:DescribeTargetGroupAttributes",
+      "elasticloadbalancing:DescribeTargetGroups",
+      "elasticloadbalancing:DescribeTargetHealth",
+      "acm:ListCertificates",
+    ]
+    resources = ["*"]
+  }
+
+  # Security groups are scoped by the Project tag once they exist. VPC ARNs
+  # use a wildcard so that changing vpc_id does not need a policy update
+  # first (the new VPC is read and used in the same plan/apply).
+  statement {
+    sid       = "Ec2DescribeStackVpc"
+    actions   = ["ec2:DescribeVpcAttribute"]
+    resources = ["${local.arn_prefix.ec2}:vpc/*"]
+  }
+
+  statement {
+    sid     = "Ec2CreateSecurityGroup"
+    actions = ["ec2:CreateSecurityGroup"]
+    resources = [
+      "${local.arn_prefix.ec2}:vpc/*",
+      "${local.arn_prefix.ec2}:security-group/*",
+    ]
+  }
+
+  statement {
+    sid = "Ec2TagOnCreate"
+    actions = [
+      "ec2:CreateTags",
+    ]
+    resources = [
+      "${local.arn_prefix.ec2}:security-group/*",
+      "${local.arn_prefix.ec2}:security-group-rule/*",
+    ]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:CreateAction"
+      values   = ["CreateSecurityGroup", "AuthorizeSecurityGroupIngress", "AuthorizeSecurityGroupEgress"]
+    }
+  }
+
+  statement {
+    sid = "Ec2ManageStackSecurityGroups"
+    actions = [
+      "ec2:AuthorizeSecurityGroupEgress",
+      "ec2:AuthorizeSecurityGroupIngress",
+      "ec2:CreateTags",
+      "ec2:DeleteSecurityGroup",
+      "ec2:DeleteTags",
+      "ec2:ModifySecurityGroupRules",
+      "ec2:RevokeSecurityGroupEgress",
+      "ec2:RevokeSecurityGroupIngress",
+      "ec2:UpdateSecurityGroupRuleDescriptionsEgress",
+      "ec2:UpdateSecurityGroupRuleDescriptionsIngress",
+    ]
+    resources = ["${local.arn_prefix.ec2}:security-group/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/Project"
+      values   = [local.project]
+    }
+  }
+
+  # A rule is a resource of its own in these calls; it is only reachable
+  # through its (tag-scoped) security group.
+  statement {
+    sid = "Ec2SecurityGroupRules"
+    actions = [
+      "ec2:AuthorizeSecurityGroupEgress",
+      "ec2:AuthorizeSecurityGroupIngress",
+      "ec2:CreateTags",
+      "ec2:DeleteTags",
+      "ec2:ModifySecurityGroupRules",
+      "ec2:RevokeSecurityGroupEgress",
+      "ec2:RevokeSecurityGroupIngress",
+    ]
+    resources = ["${local.arn_prefix.ec2}:security-group-rule/*"]
+  }
+
+  statement {
+    sid = "ElbStackResources"
+    actions = [
+      "elasticloadbalancing:AddTags",
+      "elasticloadbalancing:CreateListener",
+      "elasticloadbalancing:CreateLoadBalancer",
+      "elasticloadbalancing:CreateTargetGroup",
+      "elasticloadbalancing:DeleteListener",
+      "elasticloadbalancing:DeleteLoadBalancer",
+      "elasticloadbalancing:DeleteTargetGroup",
+      "elasticloadbalancing:ModifyListener",
+      "elasticloadbalancing:ModifyListenerAttributes",
+      "elasticloadbalancing:ModifyLoadBalancerAttributes",
+      "elasticloadbalancing:ModifyTargetGroup",
+      "elasticloadbalancing:ModifyTargetGroupAttributes",
+      "elasticloadbalancing:RemoveTags",
+      "elasticloadbalancing:SetSecurityGroups",
+      "elasticloadbalancing:SetSubnets",
+    ]
+    resources = local.stack_elb_arns
+  }
+
+  statement {
+    sid       = "AcmDescribeCertificates"
+    actions   = ["acm:DescribeCertificate", "acm:ListTagsForCertificate"]
+    resources = ["${local.arn_prefix.acm}:certificate/*"]
+  }
+}
+
+resource "aws_iam_policy" "terraform_admin" {
+  for_each = local.admin_policy_names
+
+  name        = each.value
+  description = local.admin_policy_descriptions[each.key]
+  policy      = local.admin_policy_documents[each.key].json
+
+  lifecycle {
+    # Replacing a part would detach it from the admin mid-apply (see the
+    # attachment below); an imported policy's description must not force that.
+    prevent_destroy = true
+    ignore_changes  = [description]
+
+    precondition {
+      condition     = length(local.admin_policy_documents[each.key].minified_json) <= local.managed_policy_quota
+      error_message = "IAM policy ${each.value} (aws_iam_policy.terraform_admin[\"${each.key}\"]) renders to ${length(local.admin_policy_documents[each.key].minified_json)} characters without whitespace, over IAM's quota of ${local.managed_policy_quota} for a managed policy; CreatePolicy would fail with LimitExceeded. Move statements from data.aws_iam_policy_document.terraform_admin_${each.key} into another part (a new key in local.admin_policy_names and local.admin_policy_documents, terraform/iam.tf), or shorten its ARN lists."
+    }
+  }
+}
+
+# The first part keeps the address and name it had when it was one policy.
+moved {
+  from = aws_iam_policy.terraform_admin
+  to   = aws_iam_policy.terraform_admin["iam"]
+}
+
+moved {
+  from = aws_iam_user_policy_attachment.terraform_admin
+  to   = aws_iam_user_policy_attachment.terraform_admin["iam"]
+}
+
+# Lock-out protection. The admin user runs Terraform with (ideally) only these
+# policies. Nothing in the stack depends on these attachments, so `terraform
+# destroy` would detach them in its first wave and every later call would be
+# denied, leaving a half-destroyed stack and an admin who can no longer fix it.
+# prevent_destroy makes Terraform refuse any plan that deletes or replaces them
 # (including a change of terraform_admin_iam_user_name). To tear the stack down:
 #   terraform state rm aws_iam_user_policy_attachment.terraform_admin aws_iam_policy.terraform_admin
 #   terraform destroy
-# The policy then stays attached in AWS, so the admin keeps the rights to
-# re-create the stack; before that, adopt the two again (or apply fails with
-# EntityAlreadyExists):
-#   terraform import aws_iam_policy.terraform_admin arn:aws:iam::<account>:policy/casey-terraform-admin
-#   terraform import aws_iam_user_policy_attachment.terraform_admin <admin user>/arn:aws:iam::<account>:policy/casey-terraform-admin
-# Detach and delete it with another principal when decommissioning for good.
+# The policies then stay attached in AWS, so the admin keeps the rights to
+# re-create the stack; before that, adopt them again (or apply fails with
+# EntityAlreadyExists), for each part P in iam, ecs, network (policy
+# casey-terraform-admin, casey-terraform-admin-ecs, casey-terraform-admin-network):
+#   terraform import 'aws_iam_policy.terraform_admin["P"]' arn:aws:iam::<account>:policy/<policy>
+#   terraform import 'aws_iam_user_policy_attachment.terraform_admin["P"]' <admin user>/arn:aws:iam::<account>:policy/<policy>
+# Detach and delete them with another principal when decommissioning for good.
 resource "aws_iam_user_policy_attachment" "terraform_admin" {
-  #checkov:skip=CKV_AWS_40:The spec attaches the deployer policy to the existing admin IAM user; Terraform does not manage groups for it.
+  #checkov:skip=CKV_AWS_40:The spec attaches the deployer policies to the existing admin IAM user; Terraform does not manage groups for it.
+  for_each = local.admin_policy_names
+
   user       = data.aws_iam_user.terraform_admin.user_name
-  policy_arn = aws_iam_policy.terraform_admin.arn
+  policy_arn = aws_iam_policy.terraform_admin[each.key].arn
 
   lifecycle {
     prevent_destroy = true

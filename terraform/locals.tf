@@ -19,8 +19,10 @@ locals {
   execution_role_name    = "${var.ecs_service_name}-ecs-execution"
   task_role_name         = "${var.ecs_service_name}-ecs-task"
   task_definition_family = var.ecs_service_name
-  # ALB and target group names: 1-32 letters, digits and dashes.
-  alb_name                 = trim(substr(replace(var.ecs_service_name, "_", "-"), 0, 32), "-")
+  # ALB and target group names: 1-32 letters, digits and dashes (checked by
+  # var.alb_name's validation and the preconditions in alb.tf).
+  alb_name                 = coalesce(var.alb_name, var.ecs_service_name)
+  target_group_name        = local.alb_name
   security_group_tasks     = "${var.ecs_service_name}-tasks"
   security_group_alb       = "${var.ecs_service_name}-alb"
   ecs_task_execution_arn   = "arn:${local.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"

@@ -43,6 +43,20 @@ locals {
   subnet_ids = length(var.subnet_ids) > 0 ? var.subnet_ids : sort(data.aws_subnets.selected[0].ids)
 }
 
+# An ALB takes one subnet per Availability Zone and needs two zones
+# (https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateLoadBalancer.html):
+# the first subnet of each zone, in sort order; the tasks use all of them.
+data "aws_subnet" "alb" {
+  for_each = var.enable_alb ? toset(local.subnet_ids) : toset([])
+
+  id = each.value
+}
+
+locals {
+  alb_subnets_by_az = { for s in data.aws_subnet.alb : s.availability_zone => s.id... }
+  alb_subnet_ids    = sort([for az, ids in local.alb_subnets_by_az : sort(ids)[0]])
+}
+
 ################################################################################
 # Security group: backend tasks
 ################################################################################

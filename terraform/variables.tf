@@ -66,14 +66,14 @@ variable "terraform_admin_iam_user_name" {
 ################################################################################
 
 variable "ecs_log_group_name" {
-  description = "CloudWatch log group for the backend containers' stdout/stderr. Default: \"/ecs/casey-backend\"."
+  description = "CloudWatch log group for the backend containers' stdout/stderr: 1-512 characters from A-Z a-z 0-9 _ - / . #, not starting with \"aws/\" (CloudWatch Logs CreateLogGroup, https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_CreateLogGroup.html). Default: \"/ecs/casey-backend\"."
   type        = string
   default     = "/ecs/casey-backend"
   nullable    = false
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_./#-]{1,512}$", var.ecs_log_group_name))
-    error_message = "ecs_log_group_name must be 1-512 characters from A-Z a-z 0-9 _ - / . #."
+    condition     = can(regex("^[A-Za-z0-9_./#-]{1,512}$", var.ecs_log_group_name)) && !startswith(var.ecs_log_group_name, "aws/")
+    error_message = "ecs_log_group_name must be 1-512 characters from A-Z a-z 0-9 _ - / . # and must not start with \"aws/\" (reserved by AWS), e.g. \"/ecs/casey-backend\"."
   }
 }
 
@@ -94,7 +94,7 @@ variable "log_retention_in_days" {
 ################################################################################
 
 variable "ecr_repository_name" {
-  description = "Name of the ECR repository for backend images. Default: \"casey-backend\"."
+  description = "Name of the ECR repository for backend images: 2-256 lowercase letters, digits and . _ - / separators (ECR CreateRepository, https://docs.aws.amazon.com/AmazonECR/latest/APIReference/API_CreateRepository.html). Default: \"casey-backend\"."
   type        = string
   default     = "casey-backend"
   nullable    = false
@@ -105,15 +105,27 @@ variable "ecr_repository_name" {
   }
 }
 
-variable "ecr_keep_last_images" {
-  description = "The ECR lifecycle policy expires all but the newest N images. 1-1000. Default: 30."
+variable "ecr_keep_tagged_images" {
+  description = "The ECR lifecycle policy keeps the newest N tagged images (each push is tagged with its git sha) and expires older ones. The running deployment's image and the circuit breaker's rollback target are among the newest, so N has a floor of 10; raise it to keep older releases for a manual rollback with --immutable. 10-1000. Default: 30."
   type        = number
   default     = 30
   nullable    = false
 
   validation {
-    condition     = var.ecr_keep_last_images >= 1 && var.ecr_keep_last_images <= 1000 && floor(var.ecr_keep_last_images) == var.ecr_keep_last_images
-    error_message = "ecr_keep_last_images must be a whole number from 1 to 1000."
+    condition     = var.ecr_keep_tagged_images >= 10 && var.ecr_keep_tagged_images <= 1000 && floor(var.ecr_keep_tagged_images) == var.ecr_keep_tagged_images
+    error_message = "ecr_keep_tagged_images must be a whole number from 10 to 1000: fewer could expire the image of the running deployment or of its rollback target."
+  }
+}
+
+variable "ecr_untagged_expire_days" {
+  description = "Days after its push that the ECR lifecycle policy expires an untagged image (one whose tags were all moved to newer pushes, e.g. a re-pushed -dirty tag). ECS keeps running the digest a deployment resolved even after its tag moved, so this is how long such a deployment and its rollback can still pull. 7-3650. Default: 14."
+  type        = number
+  default     = 14
+  nullable    = false
+
+  validation {
+    condition     = var.ecr_untagged_expire_days >= 7 && var.ecr_untagged_expire_days <= 3650 && floor(var.ecr_untagged_expire_days) == var.ecr_untagged_expire_days
+    error_message = "ecr_untagged_expire_days must be a whole number of days from 7 to 3650."
   }
 }
 
@@ -129,7 +141,7 @@ variable "ecr_force_delete" {
 ################################################################################
 
 variable "ecs_cluster_name" {
-  description = "Name of the ECS cluster. 1-255 letters, digits, - and _. Default: \"casey\"."
+  description = "Name of the ECS cluster: 1-255 letters, digits, - and _ (ECS CreateCluster, https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_CreateCluster.html). Default: \"casey\"."
   type        = string
   default     = "casey"
   nullable    = false
@@ -141,14 +153,22 @@ variable "ecs_cluster_name" {
 }
 
 variable "ecs_service_name" {
-  description = "Name of the ECS service; also the task definition family. 1-255 letters, digits, - and _. Default: \"casey-backend\"."
+  description = <<-EOT
+    Name of the ECS service, and the base of other names: the task definition family, the IAM roles
+    <name>-ecs-execution and <name>-ecs-task, the security groups <name>-tasks and <name>-alb, and (unless
+    alb_name is set) the ALB and its target group. So: 1-50 letters, digits, - and _ (an IAM role name holds
+    at most 64 characters, https://docs.aws.amazon.com/IAM/latest/APIReference/API_CreateRole.html; ECS allows
+    255, https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_CreateService.html), not starting with
+    "sg-" (reserved for security group IDs, https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateSecurityGroup.html).
+    Default: "casey-backend".
+  EOT
   type        = string
   default     = "casey-backend"
   nullable    = false
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_-]{1,255}$", var.ecs_service_name))
-    error_message = "ecs_service_name must be 1-255 characters from A-Z a-z 0-9 - _."
+    condition     = can(regex("^[A-Za-z0-9_-]{1,50}$", var.ecs_service_name)) && !startswith(var.ecs_service_name, "sg-")
+    error_message = "ecs_service_name must be 1-50 characters from A-Z a-z 0-9 - _ (the IAM role \"<name>-ecs-execution\" may hold at most 64) and must not start with \"sg-\" (the security group \"<name>-tasks\" could not be created), e.g. \"casey-backend\"."
   }
 }
 
@@ -231,6 +251,29 @@ variable "desired_count" {
     condition     = var.desired_count >= 0 && floor(var.desired_count) == var.desired_count
     error_message = "desired_count must be a whole number >= 0."
   }
+}
+
+# ECS sends SIGTERM, then SIGKILL after this. The backend closes its
+# WebSockets with 1001 at once and exits within CASEY_SHUTDOWN_TIMEOUT_SECS
+# (10 s by default, 25 at most) plus 3 s to flush usage records
+# (backend/src/server.rs), so 30 s covers even its longest setting.
+variable "container_stop_timeout" {
+  description = "Seconds ECS waits after SIGTERM before it kills the backend container (task definition stopTimeout; Fargate allows 2-120). Must exceed the backend's graceful shutdown: CASEY_SHUTDOWN_TIMEOUT_SECS (default 10, at most 25) + 3 s for the usage log. 30-120. Default: 30."
+  type        = number
+  default     = 30
+  nullable    = false
+
+  validation {
+    condition     = var.container_stop_timeout >= 30 && var.container_stop_timeout <= 120 && floor(var.container_stop_timeout) == var.container_stop_timeout
+    error_message = "container_stop_timeout must be a whole number of seconds from 30 (the backend's longest graceful shutdown, 28 s, plus a margin) to 120 (Fargate's maximum)."
+  }
+}
+
+variable "task_assign_public_ip" {
+  description = "Give each task a public IP. Keep true on public subnets (the default VPC's): without a NAT gateway or VPC endpoints a task has no other route to ECR and CloudWatch Logs, and cannot pull its image. With the ALB the task security group still admits only the ALB's group, so the public IP opens nothing. Set false only for private subnets with a NAT gateway, or with VPC endpoints for ECR (api and dkr), S3 and CloudWatch Logs. Without the ALB it must stay true: clients connect to the task's public IP. Default: true."
+  type        = bool
+  default     = true
+  nullable    = false
 }
 
 variable "health_check_grace_period_seconds" {
@@ -325,7 +368,7 @@ variable "vpc_id" {
 }
 
 variable "subnet_ids" {
-  description = "Subnets for the tasks and the ALB (the ALB needs two or more in different AZs). Without an ALB they must give the tasks a route to the internet (public subnets). Default: [] which uses every subnet of the selected VPC."
+  description = "Subnets for the tasks and the ALB. The ALB needs subnets in at least two Availability Zones and takes one subnet per zone (the first ID in sort order). The tasks need a route to ECR and CloudWatch Logs: public subnets with task_assign_public_ip, or private ones with a NAT gateway or VPC endpoints. Default: [] which uses every subnet of the selected VPC."
   type        = list(string)
   default     = []
   nullable    = false
@@ -353,7 +396,7 @@ variable "backend_ingress_cidrs" {
 ################################################################################
 
 variable "enable_alb" {
-  description = "Create an Application Load Balancer in front of the service. Keep false while the AWS account cannot create load balancers; tasks then get a public IP. Default: false."
+  description = "Create an Application Load Balancer in front of the service. Keep false while the AWS account cannot create load balancers; clients then connect to the task's public IP. Default: false."
   type        = bool
   default     = false
   nullable    = false
@@ -379,6 +422,29 @@ variable "alb_ingress_cidrs" {
   validation {
     condition     = alltrue([for c in var.alb_ingress_cidrs : can(cidrnetmask(c))])
     error_message = "alb_ingress_cidrs must contain IPv4 CIDR blocks such as \"203.0.113.0/24\" or \"0.0.0.0/0\"."
+  }
+}
+
+variable "alb_name" {
+  description = "Name of the ALB and of its target group: 1-32 letters, digits and hyphens, not starting or ending with a hyphen, not starting with \"internal-\" (https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateLoadBalancer.html, https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateTargetGroup.html); unique per region and account. Default: null, which uses ecs_service_name (plan fails with the ALB when that is not a valid load balancer name)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.alb_name == null ? true : can(regex("^[A-Za-z0-9]([A-Za-z0-9-]{0,30}[A-Za-z0-9])?$", var.alb_name)) && !startswith(coalesce(var.alb_name, "-"), "internal-")
+    error_message = "alb_name must be 1-32 letters, digits and hyphens, must not start or end with a hyphen and must not start with \"internal-\", e.g. \"casey-backend\"."
+  }
+}
+
+variable "alb_deregistration_delay" {
+  description = "Seconds the ALB keeps a deregistering task's open connections (target group deregistration_delay) before it closes them. During a deploy or scale-in ECS deregisters a task, waits for this, and only then sends it SIGTERM; WebSocket sessions on the task live on until the delay ends or the client leaves, then the ALB cuts them (the browser sees close code 1006) and the client must reconnect. AWS advises against short delays for long-lived connections (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/load-balancer-connection-draining.html). Each deploy takes about this much longer. 0-3600. Default: 300 (the ELB default)."
+  type        = number
+  default     = 300
+  nullable    = false
+
+  validation {
+    condition     = var.alb_deregistration_delay >= 0 && var.alb_deregistration_delay <= 3600 && floor(var.alb_deregistration_delay) == var.alb_deregistration_delay
+    error_message = "alb_deregistration_delay must be a whole number of seconds from 0 to 3600 (https://docs.aws.amazon.com/elasticloadbalancing/latest/application/edit-target-group-attributes.html#deregistration-delay)."
   }
 }
 

@@ -1,6 +1,7 @@
 //! The Terraform stack itself (terraform/) against the emulator, with plain
-//! terraform: least privilege, no-ALB and ALB applies with clean plans,
-//! teardown, and a missing service user.
+//! terraform: least privilege (the admin holding only its own policies), the
+//! move of the single admin policy into parts, no-ALB and ALB applies with
+//! clean plans, teardown, and plans that must fail before AWS would.
 
 mod common;
 
@@ -11,6 +12,43 @@ use serde_json::{json, Value};
 fn ok(run: Run) -> Run {
     run.assert_ok();
     run
+}
+
+/// The admin's policies, in the order of `local.admin_policy_names`.
+const ADMIN_POLICIES: [&str; 3] =
+    ["casey-terraform-admin", "casey-terraform-admin-ecs", "casey-terraform-admin-network"];
+
+fn attached_policy_names(emulator: &Emulator, user: &str) -> Vec<String> {
+    let attached = emulator.aws(&["iam", "list-attached-user-policies", "--user-name", user]);
+    let mut names: Vec<String> = attached["AttachedPolicies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["PolicyName"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The plan's resource changes (`terraform show -json` of a saved plan).
+fn planned_changes(project: &Project, emulator: &Emulator, args: &[&str]) -> Vec<Value> {
+    let mut plan = vec!["plan", "-input=false", "-out=check.tfplan"];
+    plan.extend_from_slice(args);
+    ok(project.terraform(emulator.admin(), &plan));
+    let shown = ok(project.terraform(emulator.admin(), &["show", "-json", "check.tfplan"]));
+    let shown: Value = serde_json::from_str(&shown.stdout).unwrap();
+    shown["resource_changes"].as_array().cloned().unwrap_or_default()
+}
+
+/// `terraform plan` that must fail: its combined output.
+#[track_caller]
+fn plan_fails(project: &Project, emulator: &Emulator, args: &[&str]) -> String {
+    let mut plan = vec!["plan", "-input=false", "-lock=false", "-no-color"];
+    plan.extend_from_slice(args);
+    let run = project.terraform(emulator.admin(), &plan);
+    assert!(!run.ok(), "plan {args:?} must fail:\n{}", run.stdout);
+    // Terraform wraps long error messages in a box; compare them unwrapped.
+    run.stderr.replace(['│', '╷', '╵'], " ").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn outputs(project: &Project, emulator: &Emulator) -> Value {
@@ -36,20 +74,34 @@ fn import_certificate(emulator: &Emulator, dir: &std::path::Path) -> String {
 }
 
 #[test]
-fn admin_policy_alone_applies_the_stack_and_alb_toggles_cleanly() {
+fn admin_policies_alone_apply_the_stack_and_alb_toggles_cleanly() {
     let emulator = Emulator::start();
     let project = Project::new(&emulator);
     let admin = emulator.admin();
     ok(project.terraform(admin, &["init", "-input=false"]));
 
     // Bootstrap (the seed: the first run needs broader rights): only the
-    // admin policy and its attachment, with enforcement still off.
+    // admin policies and their attachments, with enforcement still off.
     ok(project.terraform(
         admin,
         &["apply", "-input=false", "-auto-approve", "-target=aws_iam_user_policy_attachment.terraform_admin"],
     ));
-    let attached = emulator.aws(&["iam", "list-attached-user-policies", "--user-name", common::ADMIN]);
-    assert_eq!(attached["AttachedPolicies"][0]["PolicyName"], "casey-terraform-admin");
+    assert_eq!(attached_policy_names(&emulator, common::ADMIN), ADMIN_POLICIES, "every part is attached to the admin");
+    for name in ADMIN_POLICIES {
+        let arn = format!("arn:aws:iam::{}:policy/{name}", emulator.account_id);
+        let policy = emulator.aws(&["iam", "get-policy", "--policy-arn", &arn]);
+        let version = policy["Policy"]["DefaultVersionId"].as_str().unwrap().to_owned();
+        let version = emulator.aws(&["iam", "get-policy-version", "--policy-arn", &arn, "--version-id", &version]);
+        let document = &version["PolicyVersion"]["Document"];
+        let document: Value = match document.as_str() {
+            Some(text) => serde_json::from_str(text).unwrap(),
+            None => document.clone(),
+        };
+        let size = document.to_string().len();
+        // IAM's quota is 6,144 characters without whitespace; keep headroom.
+        assert!(size < 5_120, "{name} is {size} characters: too close to IAM's 6,144");
+        assert!(!document.to_string().contains("ecr:PutEncryptionConfiguration"), "not an IAM action: {name}");
+    }
 
     // From here on the emulator checks signatures and IAM policies.
     emulator.control("POST", "/_casey/iam/enforce", &json!({"enabled": true}));
@@ -64,6 +116,36 @@ fn admin_policy_alone_applies_the_stack_and_alb_toggles_cleanly() {
     let plan = project.terraform(admin, &["plan", "-input=false", "-detailed-exitcode"]);
     assert_eq!(plan.code, Some(0), "a plan right after apply must be empty:\n{}", plan.stdout);
     emulator.control("POST", "/_casey/iam/enforce", &json!({"enabled": false}));
+
+    // A state from before the split (one aws_iam_policy.terraform_admin): the
+    // moved blocks turn it into the "iam" part in place, nothing is replaced.
+    ok(project.terraform(
+        admin,
+        &["state", "mv", "aws_iam_policy.terraform_admin[\"iam\"]", "aws_iam_policy.terraform_admin"],
+    ));
+    ok(project.terraform(
+        admin,
+        &[
+            "state",
+            "mv",
+            "aws_iam_user_policy_attachment.terraform_admin[\"iam\"]",
+            "aws_iam_user_policy_attachment.terraform_admin",
+        ],
+    ));
+    let changes = planned_changes(&project, &emulator, &[]);
+    for address in ["aws_iam_policy.terraform_admin", "aws_iam_user_policy_attachment.terraform_admin"] {
+        let change = changes
+            .iter()
+            .find(|c| c["address"] == format!("{address}[\"iam\"]").as_str())
+            .unwrap_or_else(|| panic!("no change for {address}[\"iam\"]: {changes:?}"));
+        assert_eq!(change["previous_address"], address, "{change}");
+        assert_eq!(change["change"]["actions"], json!(["no-op"]), "moved in place: {change}");
+    }
+    assert!(
+        changes.iter().all(|c| !c["change"]["actions"].as_array().unwrap().contains(&json!("delete"))),
+        "nothing is destroyed or replaced: {changes:?}"
+    );
+    ok(project.terraform(admin, &["apply", "-input=false", "-auto-approve", "check.tfplan"]));
 
     // What exists, read with the aws CLI.
     let out = outputs(&project, &emulator);
@@ -84,14 +166,27 @@ fn admin_policy_alone_applies_the_stack_and_alb_toggles_cleanly() {
     assert_eq!(container["portMappings"][0]["containerPort"], 3001);
     assert_eq!(container["logConfiguration"]["options"]["awslogs-group"], "/ecs/casey-backend");
     assert!(container["healthCheck"]["command"].to_string().contains("healthcheck"));
-    let roles = emulator.aws(&["iam", "list-attached-user-policies", "--user-name", common::SERVICE]);
-    assert_eq!(roles["AttachedPolicies"][0]["PolicyName"], "casey-backend-ai");
+    // Longer than the backend's longest graceful shutdown (25 s + 3 s).
+    assert_eq!(container["stopTimeout"], 30);
+    assert_eq!(attached_policy_names(&emulator, common::SERVICE), ["casey-backend-ai"]);
     let retention =
         emulator.aws(&["logs", "describe-log-groups", "--log-group-name-prefix", "casey-backend-aws-usage"]);
     assert!(retention["logGroups"][0]["retentionInDays"].as_u64().is_some(), "usage log group has retention");
     let repo = emulator.aws(&["ecr", "describe-repositories", "--repository-names", "casey-backend"]);
     assert_eq!(repo["repositories"][0]["imageScanningConfiguration"]["scanOnPush"], true);
-    emulator.aws(&["ecr", "get-lifecycle-policy", "--repository-name", "casey-backend"]);
+    let lifecycle = emulator.aws(&["ecr", "get-lifecycle-policy", "--repository-name", "casey-backend"]);
+    let lifecycle: Value = serde_json::from_str(lifecycle["lifecyclePolicyText"].as_str().unwrap()).unwrap();
+    let rules = lifecycle["rules"].as_array().unwrap();
+    assert!(
+        rules.iter().all(|r| r["selection"]["tagStatus"] != "any"),
+        "no rule may expire recent tagged releases: {rules:?}"
+    );
+    let untagged = rules.iter().find(|r| r["selection"]["tagStatus"] == "untagged").expect("an untagged rule");
+    assert_eq!(untagged["selection"]["countType"], "sinceImagePushed");
+    assert_eq!(untagged["selection"]["countNumber"], 14);
+    let tagged = rules.iter().find(|r| r["selection"]["tagStatus"] == "tagged").expect("a tagged rule");
+    assert_eq!(tagged["selection"]["countType"], "imageCountMoreThan");
+    assert_eq!(tagged["selection"]["countNumber"], 30);
     let scaling = emulator.aws(&["application-autoscaling", "describe-scalable-targets", "--service-namespace", "ecs"]);
     assert_eq!(scaling["ScalableTargets"][0]["ResourceId"], "service/casey/casey-backend");
 
@@ -133,10 +228,19 @@ fn admin_policy_alone_applies_the_stack_and_alb_toggles_cleanly() {
     };
     assert_eq!(attr("stickiness.enabled"), Some(json!("true")));
     assert_eq!(attr("stickiness.type"), Some(json!("lb_cookie")));
+    // Long-lived WebSockets: the ELB default, not a short drain.
+    assert_eq!(attr("deregistration_delay.timeout_seconds"), Some(json!("300")));
+    // On the default VPC (no NAT, no endpoints) the tasks keep their public
+    // IP behind the ALB, or they could not pull their image.
+    let service = emulator.aws(&["ecs", "describe-services", "--cluster", "casey", "--services", "casey-backend"]);
+    assert_eq!(service["services"][0]["networkConfiguration"]["awsvpcConfiguration"]["assignPublicIp"], "ENABLED");
+    let lb_subnets = lb["AvailabilityZones"].as_array().unwrap();
+    let zones: std::collections::BTreeSet<_> = lb_subnets.iter().map(|z| z["ZoneName"].as_str().unwrap()).collect();
+    assert_eq!(zones.len(), lb_subnets.len(), "one subnet per Availability Zone: {lb_subnets:?}");
 
-    // Teardown as documented in iam.tf: the admin's own policy is protected
-    // from destroy (it would lock the admin out half way), so it leaves the
-    // state first and stays in AWS.
+    // Teardown as documented in iam.tf: the admin's own policies are protected
+    // from destroy (it would lock the admin out half way), so they leave the
+    // state first and stay in AWS.
     ok(project.terraform(
         admin,
         &["state", "rm", "aws_iam_user_policy_attachment.terraform_admin", "aws_iam_policy.terraform_admin"],
@@ -149,8 +253,7 @@ fn admin_policy_alone_applies_the_stack_and_alb_toggles_cleanly() {
         "the cluster is deleted: {clusters}"
     );
     assert_eq!(emulator.aws(&["elbv2", "describe-load-balancers"])["LoadBalancers"].as_array().unwrap().len(), 0);
-    let attached = emulator.aws(&["iam", "list-attached-user-policies", "--user-name", common::ADMIN]);
-    assert_eq!(attached["AttachedPolicies"][0]["PolicyName"], "casey-terraform-admin", "the admin keeps its rights");
+    assert_eq!(attached_policy_names(&emulator, common::ADMIN), ADMIN_POLICIES, "the admin keeps its rights");
 }
 
 #[test]
@@ -163,4 +266,121 @@ fn a_missing_service_user_names_the_variable_to_set() {
     assert!(!run.ok());
     assert!(run.stderr.contains("casey_nobody"), "{}", run.stderr);
     assert!(run.stderr.contains("service_account_iam_user_name"), "{}", run.stderr);
+}
+
+/// What AWS would reject fails at plan, with a message that says what to do.
+#[test]
+fn plans_fail_early_on_what_aws_would_reject() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    ok(project.terraform(emulator.admin(), &["init", "-input=false"]));
+
+    // One admin policy document grown past IAM's 6,144 characters (a
+    // throwaway override of its statements).
+    let override_file = project.tf_dir().join("zz_oversize_override.tf");
+    std::fs::write(
+        &override_file,
+        r#"data "aws_iam_policy_document" "terraform_admin_network" {
+  statement {
+    sid       = "Oversize"
+    actions   = ["ec2:DescribeVpcAttribute"]
+    resources = [for i in range(150) : format("arn:aws:ec2:us-east-1:123456789012:vpc/vpc-%017d", i)]
+  }
+}
+"#,
+    )
+    .unwrap();
+    let out = plan_fails(&project, &emulator, &[]);
+    assert!(
+        out.contains(
+            "IAM policy casey-terraform-admin-network (aws_iam_policy.terraform_admin[\"network\"]) renders to"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("over IAM's quota of 6144 for a managed policy"), "{out}");
+    assert!(out.contains("Move statements from data.aws_iam_policy_document.terraform_admin_network"), "{out}");
+    std::fs::remove_file(&override_file).unwrap();
+    assert_eq!(
+        emulator.aws(&["iam", "list-policies", "--scope", "Local"])["Policies"].as_array().unwrap().len(),
+        0,
+        "a plan creates nothing"
+    );
+
+    // Two subnets, one Availability Zone (for the ALB check below).
+    let vpc = emulator.aws(&["ec2", "create-vpc", "--cidr-block", "10.10.0.0/16"]);
+    let vpc = vpc["Vpc"]["VpcId"].as_str().unwrap().to_owned();
+    let subnet = |cidr: &str, zone: &str| -> String {
+        let subnet = emulator.aws(&[
+            "ec2",
+            "create-subnet",
+            "--vpc-id",
+            &vpc,
+            "--cidr-block",
+            cidr,
+            "--availability-zone",
+            zone,
+        ]);
+        subnet["Subnet"]["SubnetId"].as_str().unwrap().to_owned()
+    };
+    let subnets = vec![subnet("10.10.1.0/24", "us-east-1a"), subnet("10.10.2.0/24", "us-east-1a")];
+    let one_zone = format!("-var=subnet_ids={}", serde_json::to_string(&subnets).unwrap());
+    let long_name = format!("-var=ecs_service_name={}", "s".repeat(51));
+
+    // Each plan with what it must say; independent, so they run side by side.
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        // Names past AWS's limits.
+        (vec![&long_name], vec!["ecs_service_name must be 1-50 characters"]),
+        (vec!["-var=ecs_service_name=sg-backend"], vec!["must not start with \"sg-\""]),
+        (vec!["-var=alb_name=-casey"], vec!["alb_name must be 1-32 letters, digits and hyphens"]),
+        (
+            vec!["-var=ecs_service_name=casey_backend", "-var=enable_alb=true"],
+            vec!["named \"casey_backend\"", "Set alb_name"],
+        ),
+        (vec!["-var=ecr_keep_tagged_images=3"], vec!["ecr_keep_tagged_images must be a whole number from 10 to 1000"]),
+        (vec!["-var=ecs_log_group_name=aws/casey"], vec!["must not start with \"aws/\""]),
+        (
+            vec!["-var=container_stop_timeout=10"],
+            vec!["container_stop_timeout must be a whole number of seconds from 30"],
+        ),
+        (
+            vec!["-var=alb_deregistration_delay=4000"],
+            vec!["alb_deregistration_delay must be a whole number of seconds from 0 to 3600"],
+        ),
+        // No ALB and no public IP: nobody could reach the backend.
+        (vec!["-var=task_assign_public_ip=false"], vec!["task_assign_public_ip=false needs enable_alb=true"]),
+        // An ALB needs two zones.
+        (
+            vec!["-var=enable_alb=true", &one_zone],
+            vec!["An ALB needs subnets in at least two different Availability Zones", "are in 1 (us-east-1a)"],
+        ),
+    ];
+    std::thread::scope(|scope| {
+        let runs: Vec<_> =
+            cases.iter().map(|(args, _)| scope.spawn(|| plan_fails(&project, &emulator, args))).collect();
+        for ((args, needles), run) in cases.iter().zip(runs) {
+            let out = run.join().unwrap();
+            for needle in needles {
+                assert!(out.contains(needle), "plan {args:?} must say `{needle}`:\n{out}");
+            }
+        }
+    });
+
+    // A third subnet in another zone: the ALB gets one subnet per zone, the
+    // tasks all three.
+    let mut all = subnets.clone();
+    all.push(subnet("10.10.3.0/24", "us-east-1b"));
+    let subnet_ids = format!("-var=subnet_ids={}", serde_json::to_string(&all).unwrap());
+    let changes = planned_changes(&project, &emulator, &["-var=enable_alb=true", &subnet_ids]);
+    let after = |address: &str| {
+        changes.iter().find(|c| c["address"] == address).unwrap_or_else(|| panic!("{address} is planned"))["change"]
+            ["after"]
+            .clone()
+    };
+    let mut first_in_1a = subnets.clone();
+    first_in_1a.sort();
+    let mut expected = vec![first_in_1a[0].clone(), all[2].clone()];
+    expected.sort();
+    assert_eq!(after("aws_lb.backend[0]")["subnets"], json!(expected));
+    let tasks = after("aws_ecs_service.backend")["network_configuration"][0]["subnets"].clone();
+    assert_eq!(tasks.as_array().unwrap().len(), 3, "{tasks}");
 }
