@@ -3,6 +3,7 @@
 Run: ~/.cache/casey-deploy/venv/bin/python -m pytest -q emulator/test_emulator.py
 """
 
+import base64
 import contextlib
 import hashlib
 import http.client
@@ -16,12 +17,16 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import boto3
+import botocore.config
 import botocore.exceptions
+import botocore.session
 import pytest
+from botocore.validate import ParamValidator
 
 EMULATOR = Path(__file__).with_name("casey_emulator.py")
 REPO = EMULATOR.parents[1]
@@ -366,6 +371,275 @@ def test_iam_enforcement_switch(emulator):
     client(emulator, "ecs", key=("AKIDUNKNOWNKEY000000", "secret")).list_clusters()
 
 
+# --- AWS rules (each test fails without its rule) ---------------------------------------------------------
+
+def iam_error(call):
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        call()
+    return (raised.value.response["Error"]["Code"], raised.value.response["Error"]["Message"],
+            raised.value.response["ResponseMetadata"]["HTTPStatusCode"])
+
+
+def small_policy(*actions):
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": list(actions) or ["ecs:ListClusters"], "Resource": "*"}]})
+
+
+def test_policy_size_quota(emulator):
+    iam = client(emulator, "iam")
+    oversize = (FIXTURES / "oversize-admin-policy.json").read_text()
+    assert len("".join(oversize.split())) > 9000  # the stack's single admin policy, rendered by terraform
+    quota = ("LimitExceeded", "Cannot exceed quota for PolicySize: 6144", 409)
+    assert iam_error(lambda: iam.create_policy(PolicyName="admin", PolicyDocument=oversize)) == quota
+    # Whitespace does not count: 6,144 characters of policy spread over many lines is fine.
+    statement = {"Effect": "Allow", "Action": "ecs:ListClusters", "Resource": "*"}
+    document = {"Version": "2012-10-17", "Statement": [statement]}
+    filler = 6144 - len(json.dumps(document, separators=(",", ":")).replace(" ", "")) - len(',"Sid":""')
+    statement["Sid"] = "A" * filler
+    roomy = json.dumps(document, indent=8)
+    assert len("".join(roomy.split())) == 6144
+    arn = iam.create_policy(PolicyName="roomy", PolicyDocument=roomy)["Policy"]["Arn"]
+    assert iam_error(lambda: iam.create_policy_version(PolicyArn=arn, PolicyDocument=oversize)) == quota
+    statement["Sid"] += "A"
+    assert iam_error(lambda: iam.create_policy(PolicyName="one-over", PolicyDocument=json.dumps(document))) == quota
+    assert control(emulator, "/_casey/rules", {"iam_policy_size": False})[1]["iam_policy_size"] is False
+    try:
+        iam.create_policy(PolicyName="admin", PolicyDocument=oversize)
+    finally:
+        assert control(emulator, "/_casey/rules", {"iam_policy_size": True})[1]["iam_policy_size"] is True
+    assert control(emulator, "/_casey/rules", {"typo": False})[0] == 400
+
+
+def test_managed_policies_per_user_and_role_quota(emulator):
+    iam = client(emulator, "iam")
+    iam.create_user(UserName="collector")
+    iam.create_role(RoleName="collector", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                "Principal": {"Service": "ecs-tasks.amazonaws.com"}}]}))
+    arns = [iam.create_policy(PolicyName=f"quota-{i}", PolicyDocument=small_policy())["Policy"]["Arn"]
+            for i in range(11)]
+    for arn in arns[:10]:
+        iam.attach_user_policy(UserName="collector", PolicyArn=arn)
+        iam.attach_role_policy(RoleName="collector", PolicyArn=arn)
+    iam.attach_user_policy(UserName="collector", PolicyArn=arns[0])  # attached already: no change, no error
+    assert iam_error(lambda: iam.attach_user_policy(UserName="collector", PolicyArn=arns[10])) == (
+        "LimitExceeded", "Cannot exceed quota for PoliciesPerUser: 10", 409)
+    assert iam_error(lambda: iam.attach_role_policy(RoleName="collector", PolicyArn=arns[10])) == (
+        "LimitExceeded", "Cannot exceed quota for PoliciesPerRole: 10", 409)
+    assert len(iam.list_attached_user_policies(UserName="collector")["AttachedPolicies"]) == 10
+    iam.detach_user_policy(UserName="collector", PolicyArn=arns[0])
+    iam.attach_user_policy(UserName="collector", PolicyArn=arns[10])
+
+
+def test_iam_attachments_take_time_to_propagate(emulator):
+    assert control(emulator, "/_casey/iam/propagation") == (200, {"seconds": 3.0})  # --iam-propagation-seconds
+    assert control(emulator, "/_casey/iam/propagation", {"seconds": -1})[0] == 400
+    assert control(emulator, "/_casey/iam/propagation", {"seconds": 1.5})[0] == 200
+    iam = client(emulator, "iam")
+    iam.create_user(UserName="newcomer")
+    key = iam.create_access_key(UserName="newcomer")["AccessKey"]
+    key = (key["AccessKeyId"], key["SecretAccessKey"])
+    arn = iam.create_policy(PolicyName="newcomer", PolicyDocument=small_policy("ecs:ListClusters"))["Policy"]["Arn"]
+    try:
+        iam.attach_user_policy(UserName="newcomer", PolicyArn=arn)
+        assert control(emulator, "/_casey/iam/enforce", {"enabled": True})[0] == 200
+        ecs = client(emulator, "ecs", key=key)
+        with pytest.raises(botocore.exceptions.ClientError, match="AccessDeniedException.*ecs:ListClusters"):
+            ecs.list_clusters()  # attached, but not yet everywhere
+        time.sleep(1.6)
+        ecs.list_clusters()
+        assert control(emulator, "/_casey/iam/enforce", {"enabled": False})[0] == 200
+        # A new default version: the old one stays in force for a while, then the new one.
+        iam.create_policy_version(PolicyArn=arn, PolicyDocument=small_policy("ecs:DescribeClusters"),
+                                  SetAsDefault=True)
+        assert control(emulator, "/_casey/iam/enforce", {"enabled": True})[0] == 200
+        ecs.list_clusters()
+        with pytest.raises(botocore.exceptions.ClientError, match="AccessDeniedException.*ecs:DescribeClusters"):
+            ecs.describe_clusters(clusters=["casey"])
+        time.sleep(1.6)
+        ecs.describe_clusters(clusters=["casey"])
+        with pytest.raises(botocore.exceptions.ClientError, match="AccessDeniedException.*ecs:ListClusters"):
+            ecs.list_clusters()
+    finally:
+        assert control(emulator, "/_casey/iam/enforce", {"enabled": False})[0] == 200
+        assert control(emulator, "/_casey/iam/propagation", {"seconds": 3})[0] == 200
+
+
+def private_network(emulator, cidr):
+    """A VPC without any route out, one subnet, a security group."""
+    ec2 = client(emulator, "ec2")
+    vpc = ec2.create_vpc(CidrBlock=cidr)["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr.replace("0.0/16", "1.0/24"),
+                               AvailabilityZone="us-east-1a")["Subnet"]["SubnetId"]
+    sg = ec2.create_security_group(GroupName="svc", Description="svc", VpcId=vpc)["GroupId"]
+    return {"vpc": vpc, "subnets": [subnet], "sg": sg}
+
+
+def stopped_reasons(emulator, name):
+    return {(t["stopCode"], t["stoppedReason"]) for t in service_tasks(emulator, name, "STOPPED")}
+
+
+def failed_rollout(emulator, name):
+    return wait_for(lambda: describe(emulator, name)["deployments"][0]["rolloutState"] == "FAILED")
+
+
+REGISTRY_AUTH_ERROR = ("ResourceInitializationError: unable to pull secrets or registry auth: execution resource "
+                       "retrieval failed: unable to retrieve ecr registry auth: service call has been retried 3 "
+                       "time(s): RequestError: send request failed caused by: Post "
+                       "\"https://api.ecr.us-east-1.amazonaws.com/\": dial tcp 203.0.113.10:443: i/o timeout. "
+                       "Please check your task network configuration.")
+BREAKER = {"deploymentCircuitBreaker": {"enable": True, "rollback": False}}
+
+
+def test_fargate_task_needs_a_route_to_ecr(emulator, net):
+    ec2, ecs = client(emulator, "ec2"), client(emulator, "ecs")
+    default_vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    routes = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [default_vpc]}])["RouteTables"][0]
+    assert [r.get("GatewayId", "")[:4] for r in routes["Routes"] if r["DestinationCidrBlock"] == "0.0.0.0/0"] == [
+        "igw-"]  # AWS's default VPC has an internet gateway route
+
+    private = private_network(emulator, "10.7.0.0/16")
+    network = {"awsvpcConfiguration": {"subnets": private["subnets"], "securityGroups": [private["sg"]],
+                                       "assignPublicIp": "DISABLED"}}
+    ecs.create_service(cluster="casey", serviceName="isolated", taskDefinition="app:1", desiredCount=1,
+                       launchType="FARGATE", networkConfiguration=network, deploymentConfiguration=BREAKER)
+    assert failed_rollout(emulator, "isolated")
+    assert stopped_reasons(emulator, "isolated") == {("TaskFailedToStart", REGISTRY_AUTH_ERROR)}
+    assert len(service_tasks(emulator, "isolated", "STOPPED")) == 3 and service_tasks(emulator, "isolated") == []
+
+    # A public IP needs a route to an internet gateway: there is none in this VPC.
+    network["awsvpcConfiguration"]["assignPublicIp"] = "ENABLED"
+    ecs.create_service(cluster="casey", serviceName="no-igw", taskDefinition="app:1", desiredCount=1,
+                       launchType="FARGATE", networkConfiguration=network, deploymentConfiguration=BREAKER)
+    assert failed_rollout(emulator, "no-igw")
+    assert stopped_reasons(emulator, "no-igw") == {("TaskFailedToStart", REGISTRY_AUTH_ERROR)}
+
+    # A NAT gateway (in a public subnet) as the private subnet's default route: the task pulls and runs.
+    internet_gateway(ec2, private["vpc"])
+    public = ec2.create_subnet(VpcId=private["vpc"], CidrBlock="10.7.2.0/24")["Subnet"]["SubnetId"]
+    allocation = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    nat = ec2.create_nat_gateway(SubnetId=public, AllocationId=allocation)["NatGateway"]["NatGatewayId"]
+    table = ec2.create_route_table(VpcId=private["vpc"])["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", NatGatewayId=nat)
+    ec2.associate_route_table(RouteTableId=table, SubnetId=private["subnets"][0])
+    ecs.update_service(cluster="casey", service="isolated", forceNewDeployment=True)
+    assert wait_for(lambda: settled(emulator, "isolated"))
+    # The explicit table (NAT, no internet gateway) is the subnet's now: a public IP would not help.
+    network["awsvpcConfiguration"]["assignPublicIp"] = "ENABLED"
+    ecs.update_service(cluster="casey", service="isolated", networkConfiguration=network)
+    assert failed_rollout(emulator, "isolated")
+    for name in ("isolated", "no-igw"):
+        ecs.delete_service(cluster="casey", service=name, force=True)
+
+
+def test_fargate_task_through_vpc_endpoints_needs_logs_too(emulator):
+    ecs = client(emulator, "ecs")
+    private = private_network(emulator, "10.8.0.0/16")
+    ecr_endpoints(emulator, private["vpc"], private["subnets"])
+    ecs.register_task_definition(
+        family="logged", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+        containerDefinitions=[{"name": "app", "image": f"{ECR}/app:1", "logConfiguration": {
+            "logDriver": "awslogs", "options": {"awslogs-group": "/ecs/app", "awslogs-region": "us-east-1",
+                                                "awslogs-stream-prefix": "app"}}}])
+    network = {"awsvpcConfiguration": {"subnets": private["subnets"], "securityGroups": [private["sg"]],
+                                       "assignPublicIp": "DISABLED"}}
+    ecs.create_service(cluster="casey", serviceName="logged", taskDefinition="logged", desiredCount=1,
+                       launchType="FARGATE", networkConfiguration=network, deploymentConfiguration=BREAKER)
+    assert failed_rollout(emulator, "logged")
+    [(code, reason)] = stopped_reasons(emulator, "logged")
+    assert code == "TaskFailedToStart" and reason.startswith(
+        "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times")
+    ecr_endpoints(emulator, private["vpc"], private["subnets"], services=("logs",))
+    ecs.update_service(cluster="casey", service="logged", forceNewDeployment=True)
+    assert wait_for(lambda: settled(emulator, "logged"))
+    ecs.delete_service(cluster="casey", service="logged", force=True)
+
+
+def test_task_image_must_exist(emulator, net):
+    ecs = client(emulator, "ecs")
+    for family, image in (("ghost", f"{ECR}/app:ghost"), ("hub", "library-image:1")):
+        ecs.register_task_definition(
+            family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+            containerDefinitions=[{"name": "app", "image": image}])
+    create_service(emulator, net, "ghost", desired=1, task_definition="ghost", deploymentConfiguration=BREAKER)
+    create_service(emulator, net, "hub", desired=1, task_definition="hub", deploymentConfiguration=BREAKER)
+    assert failed_rollout(emulator, "ghost") and failed_rollout(emulator, "hub")
+    assert stopped_reasons(emulator, "ghost") == {("TaskFailedToStart", (
+        f"CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref "
+        f"{ECR}/app:ghost: {ECR}/app:ghost: not found"))}
+    assert stopped_reasons(emulator, "hub") == {("TaskFailedToStart", (
+        "CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref "
+        "docker.io/library/library-image:1: failed to do request: Head \"https://docker.io/v2/library/"
+        "library-image/manifests/1\": dial tcp 203.0.113.10:443: i/o timeout"))}
+    failed = service_tasks(emulator, "ghost", "STOPPED")[0]
+    assert failed["containers"][0]["reason"].startswith("CannotPullContainerError:")
+
+    push_image(emulator, "app", "ghost")  # pushed now: the next deployment pulls it
+    ecs.update_service(cluster="casey", service="ghost", forceNewDeployment=True)
+    assert wait_for(lambda: settled(emulator, "ghost"))
+    digest = client(emulator, "ecr").describe_images(repositoryName="app", imageIds=[{"imageTag": "ghost"}])[
+        "imageDetails"][0]["imageDigest"]
+    ecs.register_task_definition(
+        family="pinned", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+        containerDefinitions=[{"name": "app", "image": f"{ECR}/app@{digest}"}])
+    create_service(emulator, net, "pinned", desired=1, task_definition="pinned")
+    assert wait_for(lambda: settled(emulator, "pinned"))
+    for name in ("ghost", "hub", "pinned"):
+        ecs.delete_service(cluster="casey", service=name, force=True)
+
+
+def test_describe_services_lags_on_request(emulator, net):
+    create_service(emulator, net, "lagged", desired=1)
+    before = wait_for(lambda: settled(emulator, "lagged"))["deployments"][0]["id"]
+    for body in ({"seconds": -1}, {"seconds": "2"}, {}):
+        assert control(emulator, "/_casey/ecs/read-lag", body)[0] == 400
+    assert control(emulator, "/_casey/ecs/read-lag", {"seconds": 1.5}) == (200, {"seconds": 1.5})
+    try:
+        time.sleep(1.6)  # the lag reaches back 1.5 s from here on
+        ecs = client(emulator, "ecs")
+        after = ecs.update_service(cluster="casey", service="lagged", forceNewDeployment=True)["service"]
+        assert after["deployments"][0]["id"] != before  # the write's own answer is current
+        assert describe(emulator, "lagged")["deployments"][0]["id"] == before  # a read right after it is not
+        assert wait_for(lambda: describe(emulator, "lagged")["deployments"][0]["id"] == after["deployments"][0]["id"])
+        create_service(emulator, net, "newborn", desired=0)
+        answer = ecs.describe_services(cluster="casey", services=["newborn"])
+        assert answer["services"] == [] and [f["reason"] for f in answer["failures"]] == ["MISSING"]
+        assert wait_for(lambda: ecs.describe_services(cluster="casey", services=["newborn"])["services"])
+    finally:
+        assert control(emulator, "/_casey/ecs/read-lag", {"seconds": 0})[0] == 200
+    ecs.update_service(cluster="casey", service="lagged", forceNewDeployment=True)
+    assert describe(emulator, "lagged")["deployments"][0]["id"] != after["deployments"][0]["id"]
+    ecs.delete_service(cluster="casey", service="lagged", force=True)
+
+
+def test_ecs_answers_match_the_api_model(emulator, net):
+    """Every field of these answers has the type of botocore's ECS model (moto's RunTask containers had
+    cpu/memory as numbers where the API has strings, and the task definition's ARN as taskArn)."""
+    ecs = client(emulator, "ecs")
+    raw = {}
+    ecs.meta.events.register("after-call.ecs.*", lambda http_response, model, **_: raw.__setitem__(
+        model.name, json.loads(http_response.content)))
+    ecs.register_task_definition(
+        family="sized", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+        containerDefinitions=[{"name": "app", "image": f"{ECR}/app:1", "cpu": 128, "memory": 256,
+                               "healthCheck": {"command": ["CMD", "true"], "interval": 5}}])
+    network = {"awsvpcConfiguration": {"subnets": net["subnets"], "securityGroups": [net["sg"]]}}
+    run = ecs.run_task(cluster="casey", taskDefinition="sized", launchType="FARGATE", networkConfiguration=network)
+    arn = run["tasks"][0]["taskArn"]
+    create_service(emulator, net, "sized", desired=1, task_definition="sized")
+    assert wait_for(lambda: settled(emulator, "sized"))
+    ecs.describe_tasks(cluster="casey", tasks=[arn, *ecs.list_tasks(cluster="casey", serviceName="sized")["taskArns"]])
+    ecs.describe_services(cluster="casey", services=["sized"])
+    ecs.describe_task_definition(taskDefinition="sized")
+    model = botocore.session.get_session().get_service_model("ecs")
+    for operation in ("RunTask", "DescribeTasks", "DescribeServices", "DescribeTaskDefinition", "ListTasks"):
+        report = ParamValidator().validate(raw[operation], model.operation_model(operation).output_shape)
+        assert not report.has_errors(), f"{operation}: {report.generate_report()}"
+    container = raw["DescribeTasks"]["tasks"][0]["containers"][0]
+    assert (container["cpu"], container["memory"], container["taskArn"]) == ("128", "256", arn)
+    ecs.delete_service(cluster="casey", service="sized", force=True)
+
+
 # --- task runner ------------------------------------------------------------------------------------------
 
 # Stands in for casey-backend, so that the runner is tested without it.
@@ -373,8 +647,22 @@ STANDIN = r"""#!/usr/bin/env python3
 # Records its environment as $STANDIN_DIR/<pid>.env.json, exits with $STANDIN_EXIT if set, else binds
 # $CASEY_BIND_ADDR and answers GET /health: 200, or 503 while $STANDIN_GATE names a missing file.
 # A SIGTERM is recorded as $STANDIN_DIR/<pid>.sigterm.
-import http.server, json, os, pathlib, signal, sys
+# `casey-backend healthcheck` (the image's health check command) exits 0 when GET /health answers 200, 1 while
+# the file $STANDIN_SICK exists or otherwise.
+# $STANDIN_PLAN ("fail,ok,..."): the n-th process started with the same STANDIN_DIR fails (exits 3 after 1 s)
+# or runs, by the plan's n-th entry.
+import http.client, http.server, json, os, pathlib, signal, sys, time
 
+if sys.argv[1:] == ["healthcheck"]:
+    if os.environ.get("STANDIN_SICK") and os.path.exists(os.environ["STANDIN_SICK"]):
+        sys.exit(1)
+    host, port = os.environ["CASEY_BIND_ADDR"].rsplit(":", 1)
+    try:
+        connection = http.client.HTTPConnection(host, int(port), timeout=2)
+        connection.request("GET", "/health")
+        sys.exit(0 if connection.getresponse().status == 200 else 1)
+    except OSError:
+        sys.exit(1)
 out = pathlib.Path(os.environ["STANDIN_DIR"])
 signal.signal(signal.SIGTERM, lambda *_: ((out / f"{os.getpid()}.sigterm").touch(), os._exit(0)))
 (out / "tmp").mkdir(exist_ok=True)
@@ -382,6 +670,17 @@ signal.signal(signal.SIGTERM, lambda *_: ((out / f"{os.getpid()}.sigterm").touch
 (out / "tmp" / str(os.getpid())).rename(out / f"{os.getpid()}.env.json")
 if os.environ.get("STANDIN_EXIT"):
     sys.exit(int(os.environ["STANDIN_EXIT"]))
+if os.environ.get("STANDIN_PLAN"):
+    plan, n = os.environ["STANDIN_PLAN"].split(","), 1
+    while True:  # claim the next launch number
+        try:
+            os.close(os.open(out / f"launch.{n}", os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            n += 1
+    if n > len(plan) or plan[n - 1] == "fail":
+        time.sleep(1)
+        sys.exit(3)
 gate = os.environ.get("STANDIN_GATE")
 
 
@@ -405,8 +704,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def task_network(emulator, port, task_definitions):
-    """A VPC, the cluster "casey" and task definitions {family: (image, environment)}, all on `port`."""
+def task_network(emulator, port, task_definitions, push=True):
+    """A VPC, the cluster "casey" and task definitions {family: (image, environment)}, all on `port`; each
+    image pushed to the emulated ECR unless push is False."""
     ec2, ecs = client(emulator, "ec2"), client(emulator, "ecs")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     internet_gateway(ec2, vpc)
@@ -414,7 +714,8 @@ def task_network(emulator, port, task_definitions):
     sg = ec2.create_security_group(GroupName="svc", Description="svc", VpcId=vpc)["GroupId"]
     ecs.create_cluster(clusterName="casey")
     for family, (image, environment) in task_definitions.items():
-        push_image(emulator, *image.split("/", 1)[1].split(":"))
+        if push:
+            push_image(emulator, *image.split("/", 1)[1].split(":"))
         ecs.register_task_definition(
             family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
             containerDefinitions=[{"name": "app", "image": image, "portMappings": [{"containerPort": port}],
@@ -588,6 +889,250 @@ def test_process_that_exits_fails_the_deployment(runner, standin, tmp_path):
     assert [t["runner"]["pid"] for t in runner_tasks(runner, "crashy")] == [rolled_back["runner"]["pid"]]
     assert get(rolled_back["public_ip"], runner["port"])[0] == 200
     client(runner, "ecs").delete_service(cluster="casey", service="crashy", force=True)
+
+
+HEALTH_CHECK_FAILED = "Task failed container health checks"
+
+
+def test_container_health_check_decides(runner, standin, tmp_path):
+    """The task definition's health check, run against the task's process, decides RUNNING/HEALTHY: GET /health
+    answering 200 is not enough. A RUNNING task that turns unhealthy is replaced."""
+    sick = tmp_path / "sick"
+    sick.touch()
+    assert control(runner, "/_casey/runner", {
+        "mode": "process", "backend_bin": str(standin), "env": {"STANDIN_DIR": str(tmp_path), "STANDIN_SICK": str(sick)},
+        "log_dir": str(tmp_path / "logs"), "start_timeout": 3})[0] == 200
+    client(runner, "ecs").register_task_definition(
+        family="checked", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+        containerDefinitions=[{
+            "name": "app", "image": STANDIN_DEFINITIONS["good"][0], "portMappings": [{"containerPort": runner["port"]}],
+            "healthCheck": {"command": ["CMD", "/usr/local/bin/casey-backend", "healthcheck"], "interval": 5,
+                            "timeout": 2, "retries": 2, "startPeriod": 1}}])
+    create_service(runner, runner["net"], "checked", desired=1, task_definition="checked",
+                   deploymentConfiguration=BREAKER)
+    [task] = wait_for(lambda: runner_tasks(runner, "checked"))
+    assert wait_for(lambda: get(task["public_ip"], runner["port"])[0] == 200)  # /health is fine, the check is not
+    time.sleep(1)
+    assert [t["last_status"] for t in runner_tasks(runner, "checked")] == ["PENDING"]
+    assert wait_for(lambda: stopped_reasons(runner, "checked"), timeout=10) == {
+        ("TaskFailedToStart", HEALTH_CHECK_FAILED)}
+
+    sick.unlink()
+    service = wait_for(lambda: settled(runner, "checked"), timeout=20)
+    assert service, "the task did not become healthy once its health check passed"
+    [task] = service_tasks(runner, "checked")
+    assert (task["healthStatus"], task["containers"][0]["healthStatus"]) == ("HEALTHY", "HEALTHY")
+    assert service["deployments"][0]["failedTasks"] == 0  # reset by the healthy task
+
+    sick.touch()  # `retries` failed checks in a row while RUNNING: ECS replaces the task
+    assert wait_for(lambda: [(t["stopCode"], t["stoppedReason"]) for t in service_tasks(runner, "checked", "STOPPED")
+                             if t["taskArn"] == task["taskArn"]] == [("ServiceSchedulerInitiated", HEALTH_CHECK_FAILED)],
+                    timeout=10)
+    client(runner, "ecs").delete_service(cluster="casey", service="checked", force=True)
+
+
+def test_circuit_breaker_resets_on_a_healthy_task(runner, standin, tmp_path):
+    """Threshold max(3, ceil(desired/2)) of consecutive failures: 4 tasks fail here, but a healthy task comes
+    between the 2nd and 3rd, so the deployment completes (it would fail if the count never reset)."""
+    use_standin(runner, standin, tmp_path, STANDIN_PLAN="fail,fail,ok,fail,fail,ok")
+    create_service(runner, runner["net"], "bumpy", desired=2, task_definition="good",
+                   deploymentConfiguration=BREAKER)
+    service = wait_for(lambda: settled(runner, "bumpy") or describe(runner, "bumpy")["deployments"][0][
+        "rolloutState"] == "FAILED", timeout=30)
+    assert service is not True, "the breaker tripped although a healthy task came between the failures"
+    assert service["runningCount"] == 2 and service["deployments"][0]["failedTasks"] == 0
+    failed = service_tasks(runner, "bumpy", "STOPPED")
+    assert len(failed) == 4 and {t["stoppedReason"] for t in failed} == {
+        "Essential container in task exited (exit code 3)"}
+    client(runner, "ecs").delete_service(cluster="casey", service="bumpy", force=True)
+
+
+# --- the backing registry ---------------------------------------------------------------------------------
+
+REGISTRY_PASSWORD = "123456789012-auth-token"  # the fixed token moto's ECR hands out (public test data)
+
+
+def registry_call(address, method, path, body=b"", headers=None, auth=True):
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    headers = dict(headers or {})
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"AWS:{REGISTRY_PASSWORD}".encode()).decode()
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    return response.status, response.headers, response.read()
+
+
+def registry_push(address, repository, tag, content):
+    """Pushes an image (one layer, `content`) through the registry's HTTP API, as `docker push` does."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    blobs = []
+    for blob in (config, content):
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        status, headers, _ = registry_call(address, "POST", f"/v2/{repository}/blobs/uploads/")
+        assert status == 202, status
+        location = urllib.parse.urlsplit(headers["Location"])
+        status, _, _ = registry_call(address, "PUT", f"{location.path}?{location.query}&digest={digest}", blob,
+                                     {"Content-Type": "application/octet-stream"})
+        assert status == 201, status
+        blobs.append({"digest": digest, "size": len(blob)})
+    image_manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **blobs[0]},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", **blobs[1]}]}).encode()
+    status, headers, _ = registry_call(address, "PUT", f"/v2/{repository}/manifests/{tag}", image_manifest,
+                                       {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+    assert status == 201, status
+    return headers["Docker-Content-Digest"]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """Debian's docker-registry on a free loopback port with htpasswd auth, as .ci/docker.sh runs it."""
+    for tool in ("docker-registry", "htpasswd"):
+        assert shutil.which(tool), f"{tool} is needed (apt-get install docker-registry apache2-utils, see .ci/setup.sh)"
+    directory = tmp_path_factory.mktemp("registry")
+    address = f"127.0.0.1:{free_port()}"
+    htpasswd = subprocess.run(["htpasswd", "-Bbn", "AWS", REGISTRY_PASSWORD], capture_output=True, text=True, check=True)
+    (directory / "htpasswd").write_text(htpasswd.stdout)
+    (directory / "config.yml").write_text(
+        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {directory}/data\nhttp:\n  addr: {address}\n"
+        f"auth:\n  htpasswd:\n    realm: casey\n    path: {directory}/htpasswd\n")
+    with open(directory / "registry.log", "wb") as log:
+        proc = subprocess.Popen(["docker-registry", "serve", str(directory / "config.yml")], stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        def up():
+            assert proc.poll() is None, "docker-registry exited: see registry.log"
+            with contextlib.suppress(OSError):
+                return registry_call(address, "GET", "/v2/", auth=False)[0] == 401  # up, and asks for a login
+        assert wait_for(up, timeout=20), "docker-registry did not come up"
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_backing_registry_is_what_ecr_and_tasks_see(registry, tmp_path):
+    digest = registry_push(registry, "casey-backend", "v1", b"layer one")
+    with running_emulator(tmp_path, "--registry", registry) as emulator:
+        assert control(emulator, "/_casey/ecr/registry") == (200, {"registry": registry, "effective": registry})
+        for bad in ("10.0.0.1:5000", "registry.example.com:443", "127.0.0.1", 5000):
+            assert control(emulator, "/_casey/ecr/registry", {"registry": bad})[0] == 400, bad
+        ecr, ecs = client(emulator, "ecr"), client(emulator, "ecs")
+        ecr.create_repository(repositoryName="casey-backend")
+        push_image(emulator, "casey-backend", "pushed-to-ecr")
+        listed = {(i["imageTag"], i["imageDigest"]) for i in ecr.list_images(repositoryName="casey-backend")["imageIds"]}
+        assert ("v1", digest) in listed and "pushed-to-ecr" in {tag for tag, _ in listed}
+        details = ecr.describe_images(repositoryName="casey-backend", imageIds=[{"imageTag": "v1"}])["imageDetails"]
+        assert [(d["imageTags"], d["imageDigest"]) for d in details] == [(["v1"], digest)]
+        got = ecr.batch_get_image(repositoryName="casey-backend", imageIds=[{"imageDigest": digest}, {"imageTag": "v2"}])
+        assert [i["imageId"]["imageDigest"] for i in got["images"]] == [digest]
+        assert [f["failureCode"] for f in got["failures"]] == ["ImageNotFound"]
+
+        net = task_network(emulator, free_port(), {
+            "registry": (f"{ECR}/casey-backend:v1", {}), "missing": (f"{ECR}/casey-backend:v2", {}),
+            "local": (f"{registry}/casey-backend@{digest}", {})}, push=False)
+        for family in ("registry", "local", "missing"):
+            create_service(emulator, net, family, desired=1, task_definition=family, deploymentConfiguration=BREAKER)
+        assert wait_for(lambda: settled(emulator, "registry")) and wait_for(lambda: settled(emulator, "local"))
+        assert wait_for(lambda: describe(emulator, "missing")["deployments"][0]["rolloutState"] == "FAILED")
+        assert stopped_reasons(emulator, "missing") == {("TaskFailedToStart", (
+            f"CannotPullContainerError: pull image manifest has been retried 5 time(s): failed to resolve ref "
+            f"{ECR}/casey-backend:v2: {ECR}/casey-backend:v2: not found"))}
+
+        registry_push(registry, "casey-backend", "v2", b"layer two")  # pushed now: ECR sees it, tasks pull it
+        assert "v2" in {i.get("imageTag") for i in ecr.list_images(repositoryName="casey-backend")["imageIds"]}
+        ecs.update_service(cluster="casey", service="missing", forceNewDeployment=True)
+        assert wait_for(lambda: settled(emulator, "missing"))
+
+        assert control(emulator, "/_casey/ecr/registry", {"registry": None})[1]["effective"] is None
+        assert {i.get("imageTag") for i in ecr.list_images(repositoryName="casey-backend")["imageIds"]} == {
+            "pushed-to-ecr"}
+        ecs.update_service(cluster="casey", service="registry", forceNewDeployment=True)
+        assert wait_for(lambda: describe(emulator, "registry")["deployments"][0]["rolloutState"] == "FAILED")
+
+
+# --- fault injection --------------------------------------------------------------------------------------
+
+def no_retries(emulator, service):
+    creds = emulator["users"]["casey_aniruddh"]
+    return boto3.client(service, endpoint_url=emulator["url"], region_name="us-east-1",
+                        aws_access_key_id=creds["access_key_id"], aws_secret_access_key=creds["secret_access_key"],
+                        config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+
+
+def error_of(call):
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        call()
+    return raised.value.response["Error"]["Code"], raised.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def send(emulator, method, path, body=None):
+    request = urllib.request.Request(emulator["url"] + path, method=method,
+                                     data=None if body is None else json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def test_fault_injection(emulator):
+    for body in ({"service": "ecs", "kind": "nap", "count": 1}, {"service": "ecs", "kind": "throttle"},
+                 {"service": "ecs", "kind": "throttle", "count": 1, "seconds": 1},
+                 {"service": "ecs", "kind": "latency", "count": 1}, {"kind": "drop", "count": 1},
+                 {"service": "ecs", "kind": "drop", "count": 0}, {"service": "ecs", "kind": "drop", "count": 1, "x": 1}):
+        assert control(emulator, "/_casey/faults", body)[0] == 400, body
+    ecs, iam, ec2, sts, ecr = (no_retries(emulator, s) for s in ("ecs", "iam", "ec2", "sts", "ecr"))
+    status, fault = control(emulator, "/_casey/faults", {"service": "ecs", "action": "DescribeClusters",
+                                                         "kind": "throttle", "count": 2})
+    assert status == 200 and (fault["remaining"], fault["fired"]) == (2, 0)
+    ecs.list_clusters()  # another action: untouched
+    assert error_of(lambda: ecs.describe_clusters()) == ("ThrottlingException", 400)
+    assert [(f["id"], f["remaining"], f["fired"]) for f in control(emulator, "/_casey/faults")[1]] == [
+        (fault["id"], 1, 1)]
+    assert error_of(lambda: ecs.describe_clusters()) == ("ThrottlingException", 400)
+    ecs.describe_clusters()
+    assert control(emulator, "/_casey/faults")[1] == []
+
+    for body, call, expected in (
+            ({"service": "iam", "kind": "throttle", "count": 1}, lambda: iam.list_users(), ("Throttling", 400)),
+            ({"service": "ec2", "kind": "throttle", "count": 1}, lambda: ec2.describe_vpcs(),
+             ("RequestLimitExceeded", 400)),
+            ({"service": "sts", "kind": "http500", "count": 1}, lambda: sts.get_caller_identity(),
+             ("InternalFailure", 500)),
+            ({"service": "ecr", "action": "DescribeRepositories", "kind": "http500", "count": 1},
+             lambda: ecr.describe_repositories(), ("InternalFailure", 500)),
+            ({"service": "ec2", "action": "DescribeVpcs", "kind": "http500", "count": 1}, lambda: ec2.describe_vpcs(),
+             ("InternalError", 500))):
+        assert control(emulator, "/_casey/faults", body)[0] == 200
+        assert error_of(call) == expected, body
+    client(emulator, "sts").get_caller_identity()  # the SDK's own retries get past a single 500
+
+    assert control(emulator, "/_casey/faults", {"service": "ecs", "kind": "drop", "count": 1})[0] == 200
+    with pytest.raises(botocore.exceptions.ConnectionClosedError):  # closed without an answer
+        ecs.list_clusters()
+    ecs.list_clusters()
+
+    assert control(emulator, "/_casey/faults", {"service": "ecr", "kind": "latency", "latency_ms": 400, "count": 1})[0] == 200
+    started = time.monotonic()
+    ecr.describe_repositories()
+    assert time.monotonic() - started >= 0.4
+
+    assert control(emulator, "/_casey/faults", {"service": "sts", "kind": "throttle", "seconds": 0.6})[0] == 200
+    assert error_of(lambda: sts.get_caller_identity()) == ("Throttling", 400)
+    assert error_of(lambda: sts.get_caller_identity()) == ("Throttling", 400)
+    assert control(emulator, "/_casey/faults")[1][0]["fired"] == 2
+    time.sleep(0.7)
+    sts.get_caller_identity()
+
+    # The control API is never faulted, and DELETE clears everything.
+    for service in ("ecs", "ecr", "sts", "iam", "ec2"):
+        assert control(emulator, "/_casey/faults", {"service": service, "kind": "drop", "count": 5})[0] == 200
+    assert control(emulator, "/_casey/health") == (200, {"ok": True})
+    assert send(emulator, "DELETE", "/_casey/faults") == (200, {"cleared": 5})
+    ecs.list_clusters()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
