@@ -17,7 +17,7 @@ use crate::cli::AllArgs;
 use crate::context::Ctx;
 use crate::image::{self, Image, Source};
 use crate::infra::{self, Outcome};
-use crate::outputs::Outputs;
+use crate::outputs::Repository;
 use crate::sandbox::{self, Sandbox};
 use crate::url;
 
@@ -43,9 +43,9 @@ pub fn run(ctx: &Ctx, args: &AllArgs) -> Result<()> {
 enum Early {
     /// No stack yet (or its outputs unreadable): build after the apply.
     NoStack,
-    /// The outputs read before the apply, and the image built from them.
+    /// The repository read before the apply, and the image built for it.
     Built {
-        built: Box<(Outputs, Image)>,
+        built: Box<(Repository, Image)>,
         took: Duration,
     },
     Failed {
@@ -73,31 +73,35 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
         _ => {}
     }
     let outcome = infra_result?;
-    summary.note("infra", if outcome == Outcome::NoChanges { "no changes" } else { "applied" });
+    summary.note("infra", outcome.note());
 
-    let (outputs, image) = match early {
+    let (repo, image) = match early {
         Some(Early::Built { built, .. }) => {
-            let (outputs, image) = *built;
-            let outputs = if outcome == Outcome::NoChanges { outputs } else { Outputs::load(ctx)? };
-            let current = Image::from_source(source, &args.image, &outputs);
+            let (repo, image) = *built;
+            let repo = if outcome == Outcome::NoChanges { repo } else { Repository::load(ctx)? };
+            let current = Image::from_source(source, &args.image, &repo);
             if current.refs() != image.refs() {
                 eprintln!("==> the repository changed during the apply: tagging the image for {}", current.repository);
                 image::retag(&image, &current)?;
             }
-            (outputs, current)
+            (repo, current)
         }
         Some(Early::Failed { error, .. }) => return Err(error.context("`all` stopped at step `build`")),
         Some(Early::NoStack) | None => {
-            let outputs = Outputs::load(ctx)?;
-            let current = Image::from_source(source, &args.image, &outputs);
+            let repo = Repository::load(ctx)?;
+            let current = Image::from_source(source, &args.image, &repo);
             summary.step("build", || image::build(&current, false))?;
-            (outputs, current)
+            (repo, current)
         }
     };
 
-    let pushed = summary.step("push", || image::push(ctx, &image, &outputs))?;
+    let pushed = summary.step("push", || image::push(ctx, &image, &repo))?;
     image::print_pushed(&image, &pushed);
-    summary.step("rollout", || image::deploy(ctx, &args.image, &image, &outputs, &args.infra.tf, args.infra.yes))?;
+    let outputs =
+        summary.step("rollout", || image::deploy(ctx, &args.image, &image, &args.infra.tf, args.infra.yes))?;
+    if matches!(outcome, Outcome::WaitingForImage(_)) {
+        summary.note("rollout", "created the service");
+    }
     // The rollout waited for running tasks, unless --no-wait.
     let wait = Duration::from_secs(if args.image.rollout.no_wait { 300 } else { 30 });
     let resolved = summary.step("backend-url", || url::resolve(ctx, &outputs, wait))?;
@@ -109,8 +113,8 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
 /// of `image --local`.
 fn local_steps(ctx: &Ctx, sandbox: &Sandbox, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolved> {
     let outcome = summary.step("infra", || infra::run(ctx, &args.infra))?;
-    summary.note("infra", if outcome == Outcome::NoChanges { "no changes" } else { "applied" });
-    let outputs = summary.step("image", || sandbox::deploy_image(ctx, sandbox, &args.image))?;
+    summary.note("infra", outcome.note());
+    let outputs = summary.step("image", || sandbox::deploy_image(ctx, sandbox, &args.image, &args.infra.tf))?;
     let resolved = summary.step("backend-url", || url::resolve(ctx, &outputs, Duration::from_secs(30)))?;
     url::print_text(&resolved);
     Ok(resolved)
@@ -119,8 +123,8 @@ fn local_steps(ctx: &Ctx, sandbox: &Sandbox, args: &AllArgs, summary: &mut Summa
 /// Runs alongside `infra`: read the outputs and, when the stack exists,
 /// build the image (output captured).
 fn early_build(ctx: &Ctx, args: &AllArgs, source: &Source) -> Early {
-    let Ok(outputs) = Outputs::load(ctx) else { return Early::NoStack };
-    let image = Image::from_source(source.clone(), &args.image, &outputs);
+    let Ok(repo) = Repository::load(ctx) else { return Early::NoStack };
+    let image = Image::from_source(source.clone(), &args.image, &repo);
     eprintln!("==> the stack exists: building the image while terraform runs (its output is shown if it fails)");
     let start = Instant::now();
     match image::build(&image, true) {
@@ -129,7 +133,7 @@ fn early_build(ctx: &Ctx, args: &AllArgs, source: &Source) -> Early {
                 "==> docker build finished in {:.1}s (in parallel with terraform)",
                 start.elapsed().as_secs_f64()
             );
-            Early::Built { built: Box::new((outputs, image)), took: start.elapsed() }
+            Early::Built { built: Box::new((repo, image)), took: start.elapsed() }
         }
         Err(error) => Early::Failed { error, took: start.elapsed() },
     }

@@ -23,7 +23,7 @@ use base64::Engine as _;
 use crate::cli::{ImageArgs, ImageCmd, InfraArgs, TfArgs};
 use crate::context::Ctx;
 use crate::infra;
-use crate::outputs::Outputs;
+use crate::outputs::{Outputs, Repository};
 use crate::process::{Command, Output};
 use crate::redact;
 use crate::rollout;
@@ -43,18 +43,18 @@ pub struct Image {
 
 impl Image {
     /// Resolve the context, Dockerfile, tag and repository.
-    pub fn new(project: &Path, args: &ImageArgs, outputs: &Outputs) -> Result<Image> {
-        Ok(Image::from_source(Source::new(project, args)?, args, outputs))
+    pub fn new(project: &Path, args: &ImageArgs, repo: &Repository) -> Result<Image> {
+        Ok(Image::from_source(Source::new(project, args)?, args, repo))
     }
 
     /// The image of `source` in the stack's repository (or `--registry`'s).
-    pub fn from_source(source: Source, args: &ImageArgs, outputs: &Outputs) -> Image {
+    pub fn from_source(source: Source, args: &ImageArgs, repo: &Repository) -> Image {
         let Source { context, dockerfile, tag } = source;
         let registry = match &args.registry {
             Some(r) => r.trim_end_matches('/').trim_start_matches("https://").trim_start_matches("http://").to_owned(),
-            None => outputs.registry().to_owned(),
+            None => repo.registry().to_owned(),
         };
-        let repository = format!("{registry}/{}", outputs.repository_name());
+        let repository = format!("{registry}/{}", repo.name());
         Image { context, dockerfile, tag, registry, repository }
     }
 
@@ -121,15 +121,15 @@ pub fn run(ctx: &Ctx, cmd: &ImageCmd) -> Result<()> {
         if args.immutable {
             bail!("--immutable is not supported with --local: the sandbox always rolls out the image it just built");
         }
-        return crate::sandbox::deploy_image(ctx, sandbox, args).map(drop);
+        return crate::sandbox::deploy_image(ctx, sandbox, args, &cmd.tf).map(drop);
     }
-    let outputs = Outputs::load(ctx)?;
-    let image = Image::new(&ctx.project, args, &outputs)?;
+    let repo = Repository::load(ctx)?;
+    let image = Image::new(&ctx.project, args, &repo)?;
     check_docker()?;
     build(&image, false)?;
-    let pushed = push(ctx, &image, &outputs)?;
+    let pushed = push(ctx, &image, &repo)?;
     print_pushed(&image, &pushed);
-    deploy(ctx, args, &image, &outputs, &cmd.tf, cmd.yes)
+    deploy(ctx, args, &image, &cmd.tf, cmd.yes).map(drop)
 }
 
 /// The digest both tags were pushed with.
@@ -146,34 +146,55 @@ pub fn print_pushed(image: &Image, pushed: &Pushed) {
 
 /// Roll the service out to the pushed image: a forced new deployment of
 /// `latest`, or with `--immutable` a Terraform apply that pins the immutable
-/// tag. `tf` and `yes` are for that apply.
-pub fn deploy(ctx: &Ctx, args: &ImageArgs, image: &Image, outputs: &Outputs, tf: &TfArgs, yes: bool) -> Result<()> {
-    if !args.immutable {
-        return rollout::force_new_deployment(ctx, outputs, &args.rollout);
+/// tag. When the first apply left the service out (no image yet), the apply
+/// that creates it, then its first deployment. `tf` and `yes` are for the
+/// apply. Returns the stack's outputs, which exist completely from here on.
+pub fn deploy(ctx: &Ctx, args: &ImageArgs, image: &Image, tf: &TfArgs, yes: bool) -> Result<Outputs> {
+    let created = !service_exists(ctx)?;
+    if !args.immutable && !created {
+        let outputs = Outputs::load(ctx)?;
+        rollout::force_new_deployment(ctx, &outputs, &args.rollout)?;
+        return Ok(outputs);
     }
-    let before = rollout::primary_deployment(ctx, outputs)?;
+    let before = if created { None } else { rollout::primary_deployment(ctx, &Outputs::load(ctx)?)? };
     let mut tf = tf.clone();
-    tf.vars.retain(|(k, _)| k != "backend_container_image");
-    tf.vars.push(("backend_container_image".to_owned(), image.immutable_ref()));
-    eprintln!("==> --immutable: applying Terraform with backend_container_image={}", image.immutable_ref());
-    let infra_args = InfraArgs { tf, yes, ..InfraArgs::default() };
-    if infra::run(ctx, &infra_args)? == infra::Outcome::NoChanges {
-        eprintln!("The service already runs {}: nothing to roll out.", image.immutable_ref());
-        return Ok(());
+    if args.immutable {
+        tf.vars.retain(|(k, _)| k != "backend_container_image");
+        tf.vars.push(("backend_container_image".to_owned(), image.immutable_ref()));
+        eprintln!("==> --immutable: applying Terraform with backend_container_image={}", image.immutable_ref());
+    } else {
+        eprintln!("==> the image is in ECR now: applying Terraform to create the ECS service");
     }
-    match rollout::primary_deployment(ctx, outputs)? {
+    let infra_args = InfraArgs { tf, yes, ..InfraArgs::default() };
+    let outcome = infra::run(ctx, &infra_args)?;
+    if let infra::Outcome::WaitingForImage(missing) = outcome {
+        bail!(
+            "the service still waits for {missing}, but {} was pushed: push to the stack's ECR repository (without --registry), or set backend_container_image to the pushed image",
+            image.immutable_ref()
+        );
+    }
+    let outputs = Outputs::load(ctx)?;
+    if outcome == infra::Outcome::NoChanges {
+        eprintln!("The service already runs {}: nothing to roll out.", image.immutable_ref());
+        return Ok(outputs);
+    }
+    match rollout::primary_deployment(ctx, &outputs)? {
         Some(id) if Some(&id) != before.as_ref() => {
             if args.rollout.no_wait {
                 eprintln!("--no-wait: ECS deployment {id} started; not following it");
-                return Ok(());
+                return Ok(outputs);
             }
-            rollout::follow(ctx, outputs, &id, &args.rollout)
+            rollout::follow(ctx, &outputs, &id, &args.rollout)?;
         }
-        _ => {
-            eprintln!("The apply started no new ECS deployment (the task definition did not change).");
-            Ok(())
-        }
+        _ => eprintln!("The apply started no new ECS deployment (the task definition did not change)."),
     }
+    Ok(outputs)
+}
+
+/// Whether the stack's ECS service exists (is in the Terraform state).
+fn service_exists(ctx: &Ctx) -> Result<bool> {
+    let tf = ctx.terraform(&TfArgs::default());
+    Ok(infra::state_resources(&tf)?.iter().any(|r| r == infra::SERVICE))
 }
 
 /// Fail early, with what to do, when docker or its engine is missing.
@@ -242,8 +263,8 @@ pub fn retag(from: &Image, to: &Image) -> Result<()> {
 }
 
 /// ECR credentials, `docker login`, push of both tags; the pushed digest.
-pub fn push(ctx: &Ctx, image: &Image, outputs: &Outputs) -> Result<Pushed> {
-    let (user, password) = ecr_credentials(ctx, outputs)?;
+pub fn push(ctx: &Ctx, image: &Image, repo: &Repository) -> Result<Pushed> {
+    let (user, password) = ecr_credentials(ctx, &repo.region)?;
     let config = DockerConfig::create()?;
     login(&config, image, &user, &password)?;
     let mut digest = None;
@@ -263,21 +284,58 @@ pub fn push(ctx: &Ctx, image: &Image, outputs: &Outputs) -> Result<Pushed> {
     Ok(Pushed { digest })
 }
 
-fn ecr_client(ctx: &Ctx, outputs: &Outputs) -> aws_sdk_ecr::Client {
+fn ecr_client(ctx: &Ctx, region: &str) -> aws_sdk_ecr::Client {
     let config = aws_sdk_ecr::config::Builder::from(&ctx.sdk)
-        .region(aws_sdk_ecr::config::Region::new(outputs.aws_region.clone()))
+        .region(aws_sdk_ecr::config::Region::new(region.to_owned()))
         .build();
     aws_sdk_ecr::Client::from_conf(config)
 }
 
+/// Whether ECR holds `reference` (a tag, or a `sha256:` digest) in
+/// repository `name`. A repository that does not exist yet holds nothing.
+pub fn in_ecr(ctx: &Ctx, region: &str, name: &str, reference: &str) -> Result<bool> {
+    use aws_sdk_ecr::operation::describe_images::DescribeImagesError;
+    use aws_sdk_ecr::types::ImageIdentifier;
+    let ecr = ecr_client(ctx, region);
+    let id = if reference.starts_with("sha256:") {
+        ImageIdentifier::builder().image_digest(reference).build()
+    } else {
+        ImageIdentifier::builder().image_tag(reference).build()
+    };
+    match ctx.block_on(ecr.describe_images().repository_name(name).image_ids(id).send()) {
+        Ok(out) => Ok(!out.image_details().is_empty()),
+        Err(err) => match err.as_service_error() {
+            Some(DescribeImagesError::ImageNotFoundException(_) | DescribeImagesError::RepositoryNotFoundException(_)) => {
+                Ok(false)
+            }
+            _ => Err(anyhow!(
+                "ECR DescribeImages of {name}:{reference} failed: {}\nThe admin needs ecr:DescribeImages on the repository",
+                crate::aws::error_text(&err)
+            )),
+        },
+    }
+}
+
+/// ECR `PutImage` of `manifest` under `tag`; the same manifest already
+/// under that tag is fine.
+pub fn put_manifest(ctx: &Ctx, repo: &Repository, manifest: &str, tag: &str) -> Result<()> {
+    use aws_sdk_ecr::operation::put_image::PutImageError;
+    let ecr = ecr_client(ctx, &repo.region);
+    match ctx.block_on(ecr.put_image().repository_name(repo.name()).image_manifest(manifest).image_tag(tag).send()) {
+        Ok(_) => Ok(()),
+        Err(err) if matches!(err.as_service_error(), Some(PutImageError::ImageAlreadyExistsException(_))) => Ok(()),
+        Err(err) => Err(anyhow!("ECR PutImage of {}:{tag} failed: {}", repo.name(), crate::aws::error_text(&err))),
+    }
+}
+
 /// User and password from ECR `GetAuthorizationToken` (a base64 `AWS:password`).
-fn ecr_credentials(ctx: &Ctx, outputs: &Outputs) -> Result<(String, String)> {
-    let ecr = ecr_client(ctx, outputs);
+fn ecr_credentials(ctx: &Ctx, region: &str) -> Result<(String, String)> {
+    let ecr = ecr_client(ctx, region);
     let out = ctx.block_on(ecr.get_authorization_token().send()).map_err(|e| {
         anyhow!(
             "step `ECR login`: GetAuthorizationToken failed: {}\nThe admin needs ecr:GetAuthorizationToken in region {}",
             crate::aws::error_text(&e),
-            outputs.aws_region
+            region
         )
     })?;
     let token = out

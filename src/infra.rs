@@ -4,8 +4,21 @@
 //! The seed ran `terraform refresh`, `plan` and `apply`, which refreshes the
 //! state three times. `plan` refreshes on its own, and applying its saved
 //! file applies what was shown without refreshing again.
+//!
+//! Two things only a first apply meets, both of which real AWS refuses when
+//! everything is applied at once:
+//! - The admin starts with only the bootstrap rights (create and attach IAM
+//!   policies, create log groups). The admin's own policies and their
+//!   attachment are applied first, on their own, and the tool waits until
+//!   IAM grants them (IAM is eventually consistent) before it plans the rest.
+//! - The ECS service must not start before its image is in ECR: its first
+//!   deployment would fail with CannotPullContainerError and the circuit
+//!   breaker would have nothing to roll back to. While the image is missing,
+//!   everything but the service (and its auto scaling, which would raise the
+//!   task count at once) is applied; `image` pushes, then creates it.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -14,11 +27,31 @@ use crate::cli::InfraArgs;
 use crate::context::Ctx;
 use crate::terraform::{Failure, Plan, PlanFile, PlanMode, Terraform};
 
+/// The admin's own policies and their attachments: applied before the rest.
+const ADMIN_TARGETS: &[&str] = &["aws_iam_policy.terraform_admin", "aws_iam_user_policy_attachment.terraform_admin"];
+/// The ECS service, and what would start tasks for it at once.
+pub const SERVICE: &str = "aws_ecs_service.backend";
+const NEEDS_IMAGE: &[&str] = &[SERVICE, "aws_appautoscaling_target.ecs", "aws_appautoscaling_policy.cpu"];
+/// How long IAM may take to grant new policies before the tool gives up.
+const IAM_WAIT: Duration = Duration::from_secs(120);
+
 /// What `infra` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     NoChanges,
     Applied,
+    /// Applied all but the ECS service: its image (named) is not in ECR yet.
+    WaitingForImage(String),
+}
+
+impl Outcome {
+    pub fn note(&self) -> &'static str {
+        match self {
+            Outcome::NoChanges => "no changes",
+            Outcome::Applied => "applied",
+            Outcome::WaitingForImage(_) => "applied, service after the push",
+        }
+    }
 }
 
 pub fn run(ctx: &Ctx, args: &InfraArgs) -> Result<Outcome> {
@@ -27,24 +60,86 @@ pub fn run(ctx: &Ctx, args: &InfraArgs) -> Result<Outcome> {
     let tf = ctx.terraform(&args.tf);
     eprintln!("==> terraform init ({})", tf.dir().display());
     tf.init()?;
-    match plan_and_apply(&tf, args) {
+    if !args.refresh_only {
+        adopting(ctx, &tf, args, || bootstrap_admin(ctx, &tf, args))?;
+    }
+    adopting(ctx, &tf, args, || plan_and_apply(ctx, &tf, args))
+}
+
+/// Run `step`; with `--adopt`, import what already exists and run it again.
+fn adopting<T>(ctx: &Ctx, tf: &Terraform, args: &InfraArgs, step: impl Fn() -> Result<T>) -> Result<T> {
+    match step() {
         Err(err) if args.adopt => {
             let Some(failure) = err.downcast_ref::<Failure>() else { return Err(err) };
             if failure.already_exists().is_empty() {
                 return Err(err);
             }
             eprintln!("==> --adopt: importing the resources that already exist");
-            let imported = crate::import::adopt(ctx, &tf)?;
+            let imported = crate::import::adopt(ctx, tf)?;
             if imported.is_empty() {
                 bail!("{failure}\n--adopt found nothing to import; check the names in the errors above");
             }
-            plan_and_apply(&tf, args)
+            step()
         }
         other => other,
     }
 }
 
-fn plan_and_apply(tf: &Terraform, args: &InfraArgs) -> Result<Outcome> {
+/// First apply only (no admin attachment in the state): apply the admin's
+/// policies and attachments alone, then wait until IAM grants them.
+fn bootstrap_admin(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<()> {
+    let state = state_resources(tf)?;
+    if state.iter().any(|a| a == ADMIN_TARGETS[1]) {
+        return Ok(());
+    }
+    eprintln!("==> first apply: the admin's own IAM policies first (the rest needs their permissions)");
+    let targets: Vec<String> = ADMIN_TARGETS.iter().map(|t| (*t).to_owned()).collect();
+    let plan_file = PlanFile::create(tf.dir(), "bootstrap")?;
+    if tf.plan_targets(&plan_file, PlanMode::Normal, &targets)? == Plan::NoChanges {
+        return Ok(());
+    }
+    let summary = Summary::of(&tf.show_json(&plan_file)?);
+    eprintln!("{summary}");
+    confirm(&summary, args.yes)?;
+    eprintln!("==> terraform apply (the admin's policies)");
+    tf.apply(&plan_file)?;
+    wait_for_iam(ctx)
+}
+
+/// Poll two calls the rest of the plan needs until IAM allows them three
+/// times in a row (IAM changes reach its endpoints one by one).
+fn wait_for_iam(ctx: &Ctx) -> Result<()> {
+    use aws_sdk_ec2::error::ProvideErrorMetadata;
+    eprintln!("==> waiting for IAM to grant the new policies (IAM is eventually consistent)");
+    let ecs = aws_sdk_ecs::Client::new(&ctx.sdk);
+    let ec2 = aws_sdk_ec2::Client::new(&ctx.sdk);
+    let denied = |code: Option<&str>| {
+        matches!(code, Some("AccessDenied" | "AccessDeniedException" | "UnauthorizedOperation" | "UnauthorizedAccess"))
+    };
+    let start = Instant::now();
+    let mut streak = 0;
+    loop {
+        crate::process::check_interrupted()?;
+        let ecs_code = ctx.block_on(ecs.describe_clusters().clusters("casey-deploy-iam-probe").send()).err();
+        let ec2_code = ctx.block_on(ec2.describe_vpcs().max_results(5).send()).err();
+        let refused =
+            denied(ecs_code.as_ref().and_then(|e| e.code())) || denied(ec2_code.as_ref().and_then(|e| e.code()));
+        streak = if refused { 0 } else { streak + 1 };
+        if streak >= 3 {
+            eprintln!("IAM grants the admin's policies ({:.0}s)", start.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if start.elapsed() >= IAM_WAIT {
+            bail!(
+                "IAM still refuses the admin's new permissions after {}s (ecs:DescribeClusters / ec2:DescribeVpcs); IAM can be slow to propagate: wait a minute and run `casey-deploy infra` again",
+                IAM_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<Outcome> {
     let plan_file = PlanFile::create(tf.dir(), "infra")?;
     let mode = if args.refresh_only { PlanMode::RefreshOnly } else { PlanMode::Normal };
     eprintln!("==> terraform plan{}", if args.refresh_only { " -refresh-only" } else { "" });
@@ -53,12 +148,118 @@ fn plan_and_apply(tf: &Terraform, args: &InfraArgs) -> Result<Outcome> {
         eprintln!("No changes: the infrastructure matches the configuration. Nothing to apply.");
         return Ok(Outcome::NoChanges);
     }
-    let summary = Summary::of(&tf.show_json(&plan_file)?);
+    let json = tf.show_json(&plan_file)?;
+    if !args.refresh_only {
+        if let Some(image) = missing_image(ctx, &json)? {
+            return apply_without_service(tf, args, &json, image);
+        }
+    }
+    let summary = Summary::of(&json);
     eprintln!("{summary}");
     confirm(&summary, args.yes)?;
     eprintln!("==> terraform apply (the saved plan)");
     tf.apply(&plan_file)?;
     Ok(Outcome::Applied)
+}
+
+/// The image the service would be created with, when it is not in ECR.
+/// None when the plan does not create the service, or the image is not an
+/// ECR image (nothing to check it with; the user named it).
+fn missing_image(ctx: &Ctx, plan: &Value) -> Result<Option<String>> {
+    let creates_service = plan["resource_changes"].as_array().into_iter().flatten().any(|rc| {
+        rc["address"] == SERVICE && rc["change"]["actions"].as_array().is_some_and(|a| a.iter().any(|x| x == "create"))
+    });
+    if !creates_service {
+        return Ok(None);
+    }
+    let var = |name: &str| plan["variables"][name]["value"].as_str().filter(|v| !v.is_empty()).map(str::to_owned);
+    let region = var("aws_region").unwrap_or_else(|| ctx.region());
+    let (name, reference) = match var("backend_container_image") {
+        None => (var("ecr_repository_name").unwrap_or_else(|| "casey-backend".to_owned()), "latest".to_owned()),
+        Some(image) => match ecr_image(&image) {
+            Some(parts) => parts,
+            None => return Ok(None),
+        },
+    };
+    if crate::image::in_ecr(ctx, &region, &name, &reference)? {
+        return Ok(None);
+    }
+    let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
+    Ok(Some(format!("{name}{sep}{reference}")))
+}
+
+/// `<acct>.dkr.ecr.<region>.amazonaws.com/<name>(:tag|@digest)` → (name, tag or digest).
+fn ecr_image(image: &str) -> Option<(String, String)> {
+    let (host, path) = image.split_once('/')?;
+    if !host.contains(".dkr.ecr.") {
+        return None;
+    }
+    if let Some((name, digest)) = path.split_once('@') {
+        return Some((name.to_owned(), digest.to_owned()));
+    }
+    match path.rsplit_once(':') {
+        Some((name, tag)) => Some((name.to_owned(), tag.to_owned())),
+        None => Some((path.to_owned(), "latest".to_owned())),
+    }
+}
+
+/// Apply every planned change except the ECS service and its auto scaling.
+fn apply_without_service(tf: &Terraform, args: &InfraArgs, plan: &Value, image: String) -> Result<Outcome> {
+    eprintln!("==> {image} is not in ECR yet: applying everything but the ECS service, which would start tasks without an image");
+    let targets = targets_without(plan, NEEDS_IMAGE);
+    if !targets.is_empty() {
+        let plan_file = PlanFile::create(tf.dir(), "infra-base")?;
+        if tf.plan_targets(&plan_file, PlanMode::Normal, &targets)? == Plan::Changes {
+            let summary = Summary::of(&tf.show_json(&plan_file)?);
+            eprintln!("{summary}");
+            confirm(&summary, args.yes)?;
+            eprintln!("==> terraform apply (the saved plan)");
+            tf.apply(&plan_file)?;
+        }
+    }
+    eprintln!(
+        "The ECS service is created once {image} is in ECR: `casey-deploy image` builds and pushes it, then creates the service (`casey-deploy all` does both)."
+    );
+    Ok(Outcome::WaitingForImage(image))
+}
+
+/// The resources (not instances: `-target` takes them whole) a plan changes,
+/// less `except`.
+fn targets_without(plan: &Value, except: &[&str]) -> Vec<String> {
+    let mut targets: Vec<String> = plan["resource_changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|rc| rc["mode"] == "managed")
+        .filter(|rc| rc["change"]["actions"].as_array().is_some_and(|a| a.iter().any(|x| x != "no-op" && x != "read")))
+        .filter_map(|rc| rc["address"].as_str())
+        .map(|address| address.split('[').next().unwrap_or(address).to_owned())
+        .filter(|address| !except.contains(&address.as_str()))
+        .collect();
+    targets.sort();
+    targets.dedup();
+    targets
+}
+
+/// The managed resources in the state (`type.name`, without instance keys).
+pub fn state_resources(tf: &Terraform) -> Result<Vec<String>> {
+    if let Some(file) = crate::outputs::local_state(tf.dir()) {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("could not read {}", file.display()))?;
+        let state: Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a Terraform state", file.display()))?;
+        return Ok(state["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["mode"] == "managed" && r["module"].is_null())
+            .filter(|r| r["instances"].as_array().is_some_and(|i| !i.is_empty()))
+            .filter_map(|r| Some(format!("{}.{}", r["type"].as_str()?, r["name"].as_str()?)))
+            .collect());
+    }
+    let mut list: Vec<String> =
+        tf.state_list()?.into_iter().map(|a| a.split('[').next().unwrap_or(&a).to_owned()).collect();
+    list.dedup();
+    Ok(list)
 }
 
 /// Counts and the risky changes of a plan, from `terraform show -json`.
@@ -161,5 +362,32 @@ mod tests {
         assert_eq!(s.replaced, vec!["a.r"]);
         let text = s.to_string();
         assert!(text.contains("DESTROY  a.z") && text.contains("REPLACE  a.r"), "{text}");
+    }
+
+    #[test]
+    fn targets_leave_out_the_service_and_take_resources_whole() {
+        let plan = serde_json::json!({"resource_changes": [
+            {"address": "aws_ecs_service.backend", "mode": "managed", "change": {"actions": ["create"]}},
+            {"address": "aws_appautoscaling_target.ecs", "mode": "managed", "change": {"actions": ["create"]}},
+            {"address": "aws_iam_policy.terraform_admin[\"core\"]", "mode": "managed", "change": {"actions": ["create"]}},
+            {"address": "aws_iam_policy.terraform_admin[\"ecs\"]", "mode": "managed", "change": {"actions": ["create"]}},
+            {"address": "aws_ecr_repository.backend", "mode": "managed", "change": {"actions": ["no-op"]}},
+            {"address": "data.aws_vpc.selected", "mode": "data", "change": {"actions": ["read"]}},
+            {"address": "aws_ecs_cluster.this", "mode": "managed", "change": {"actions": ["update"]}},
+        ]});
+        assert_eq!(targets_without(&plan, NEEDS_IMAGE), vec!["aws_ecs_cluster.this", "aws_iam_policy.terraform_admin"]);
+    }
+
+    #[test]
+    fn ecr_images_are_split_into_repository_and_reference() {
+        let host = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+        assert_eq!(ecr_image(&format!("{host}/casey-backend:abc")), Some(("casey-backend".into(), "abc".into())));
+        assert_eq!(ecr_image(&format!("{host}/casey-backend")), Some(("casey-backend".into(), "latest".into())));
+        assert_eq!(
+            ecr_image(&format!("{host}/team/casey@sha256:0123")),
+            Some(("team/casey".into(), "sha256:0123".into()))
+        );
+        assert_eq!(ecr_image("public.ecr.aws/nginx/nginx:1"), None);
+        assert_eq!(ecr_image("nginx"), None);
     }
 }

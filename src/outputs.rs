@@ -41,26 +41,7 @@ const NOT_APPLIED: &str = "the stack has not been applied: run `casey-deploy inf
 impl Outputs {
     /// Read the outputs of the stack in `<project>/terraform`.
     pub fn load(ctx: &Ctx) -> Result<Outputs> {
-        let tf = ctx.terraform(&TfArgs::default());
-        // Neither initialised nor a local state: a fresh checkout, from which
-        // the stack was never applied (terraform would only ask for `init`).
-        if !tf.dir().join(".terraform").is_dir() && !tf.dir().join("terraform.tfstate").is_file() {
-            bail!("{NOT_APPLIED} (terraform was never initialised in {})", tf.dir().display());
-        }
-        if let Some(state) = local_state(tf.dir()) {
-            match outputs_of_state_file(&state) {
-                Ok(map) => return Outputs::from_map(&map),
-                Err(err) => eprintln!("note: reading {} directly failed ({err:#}); asking terraform", state.display()),
-            }
-        }
-        let map = tf.outputs().map_err(|err| {
-            if format!("{err:#}").contains("terraform init") {
-                err.context(format!("could not read the stack's outputs: {NOT_APPLIED}"))
-            } else {
-                err.context("could not read the stack's outputs")
-            }
-        })?;
-        Outputs::from_map(&map)
+        Outputs::from_map(&load_map(ctx)?)
     }
 
     /// Parse the `name → value` map [`crate::terraform::Terraform::outputs`] returns.
@@ -110,21 +91,72 @@ impl Outputs {
         }
         Ok(outputs)
     }
+}
 
-    /// The registry host of the ECR repository (`123.dkr.ecr.us-east-1.amazonaws.com`).
+/// The `name → value` map of the stack's outputs: the local state file read
+/// directly when that is what terraform would read, else `terraform output`.
+fn load_map(ctx: &Ctx) -> Result<Map<String, Value>> {
+    let tf = ctx.terraform(&TfArgs::default());
+    // Neither initialised nor a local state: a fresh checkout, from which
+    // the stack was never applied (terraform would only ask for `init`).
+    if !tf.dir().join(".terraform").is_dir() && !tf.dir().join("terraform.tfstate").is_file() {
+        bail!("{NOT_APPLIED} (terraform was never initialised in {})", tf.dir().display());
+    }
+    if let Some(state) = local_state(tf.dir()) {
+        match outputs_of_state_file(&state) {
+            Ok(map) => return Ok(map),
+            Err(err) => crate::say!("note: reading {} directly failed ({err:#}); asking terraform", state.display()),
+        }
+    }
+    tf.outputs().map_err(|err| {
+        if format!("{err:#}").contains("terraform init") {
+            err.context(format!("could not read the stack's outputs: {NOT_APPLIED}"))
+        } else {
+            err.context("could not read the stack's outputs")
+        }
+    })
+}
+
+/// The stack's image repository: all a push needs. It exists before the ECS
+/// service does (the first apply creates the service only once an image is
+/// in the repository).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repository {
+    /// `<registry host>/<repository name>`.
+    pub url: String,
+    pub region: String,
+}
+
+impl Repository {
+    pub fn load(ctx: &Ctx) -> Result<Repository> {
+        Repository::from_map(&load_map(ctx)?)
+    }
+
+    pub fn from_map(map: &Map<String, Value>) -> Result<Repository> {
+        let text = |name: &str| map.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+        let (Some(url), Some(region)) = (text("ecr_repository_url"), text("aws_region")) else {
+            bail!("{NOT_APPLIED} (the outputs have no ecr_repository_url and aws_region)");
+        };
+        if !url.contains('/') {
+            bail!("the stack's output ecr_repository_url `{url}` is not <registry>/<repository>");
+        }
+        Ok(Repository { url, region })
+    }
+
+    /// The registry host (`123.dkr.ecr.us-east-1.amazonaws.com`).
     pub fn registry(&self) -> &str {
-        self.ecr_repository_url.split_once('/').map_or(&*self.ecr_repository_url, |(host, _)| host)
+        self.url.split_once('/').map_or(&*self.url, |(host, _)| host)
     }
 
     /// The repository's name inside its registry (`casey-backend`).
-    pub fn repository_name(&self) -> &str {
-        self.ecr_repository_url.split_once('/').map_or("", |(_, name)| name)
+    pub fn name(&self) -> &str {
+        self.url.split_once('/').map_or("", |(_, name)| name)
     }
 }
 
 /// The local state file, when it is exactly what terraform would read in
 /// `dir`: no backend block (initialised or not), the default workspace.
-fn local_state(dir: &Path) -> Option<PathBuf> {
+pub(crate) fn local_state(dir: &Path) -> Option<PathBuf> {
     let state = dir.join("terraform.tfstate");
     if !state.is_file() || dir.join(".terraform").join("terraform.tfstate").exists() {
         return None;
@@ -201,8 +233,11 @@ mod tests {
     #[test]
     fn parses_a_stack_without_alb() {
         let o = Outputs::from_map(&map(full())).unwrap();
-        assert_eq!(o.registry(), "123456789012.dkr.ecr.us-east-1.amazonaws.com");
-        assert_eq!(o.repository_name(), "casey-backend");
+        assert_eq!(o.container_port, 3001);
+        let repo = Repository::from_map(&map(full())).unwrap();
+        assert_eq!(repo.registry(), "123456789012.dkr.ecr.us-east-1.amazonaws.com");
+        assert_eq!(repo.name(), "casey-backend");
+        assert_eq!(repo.url, o.ecr_repository_url);
         assert_eq!(o.container_port, 3001);
         assert_eq!(o.alb_dns_name, None);
         assert_eq!(o.recommended_ws_url, None);

@@ -68,16 +68,7 @@ fn primary(service: &Service) -> Option<String> {
 }
 
 fn describe(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs) -> Result<Option<Service>> {
-    let out = ctx
-        .block_on(ecs.describe_services().cluster(&outputs.ecs_cluster_name).services(&outputs.ecs_service_name).send())
-        .map_err(|e| {
-            anyhow!(
-                "step `rollout`: DescribeServices of {} failed: {}",
-                outputs.ecs_service_name,
-                crate::aws::error_text(&e)
-            )
-        })?;
-    Ok(out.services().first().cloned())
+    describe_raw(ctx, ecs, outputs).map_err(|e| describe_error(outputs, &e))
 }
 
 /// Where a deployment stands.
@@ -129,6 +120,17 @@ pub fn judge(service: &Service, id: &str) -> State {
     }
 }
 
+/// How long a new deployment may stay invisible: ECS's API is eventually
+/// consistent, so DescribeServices right after UpdateService may still show
+/// the service as it was (https://docs.aws.amazon.com/AmazonECS/latest/APIReference/ecs-api-eventual-consistency.html ).
+const VISIBILITY_GRACE: Duration = Duration::from_secs(60);
+/// A "gone or replaced" verdict must hold for this many reads in a row: a
+/// lagging read can hide a deployment that is there.
+const CONFIRMATIONS: u32 = 3;
+/// How long the poll loop retries transient errors (throttling, 5xx,
+/// timeouts) after the SDK's own retries gave up.
+const TRANSIENT_BUDGET: Duration = Duration::from_secs(120);
+
 /// Poll until deployment `id` completes, fails, is superseded, or the
 /// timeout passes.
 pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &RolloutArgs) -> Result<()> {
@@ -136,9 +138,35 @@ pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &RolloutArgs) -> Res
     let start = Instant::now();
     let timeout = Duration::from_secs(args.timeout);
     let mut progress = Progress::new(start);
+    let mut seen = false;
+    let mut superseded_reads = 0;
+    let mut failing_since: Option<Instant> = None;
     loop {
         crate::process::check_interrupted()?;
-        let Some(service) = describe(ctx, &ecs, outputs)? else {
+        let service = match describe_raw(ctx, &ecs, outputs) {
+            Ok(service) => {
+                failing_since = None;
+                service
+            }
+            Err(err) if transient(&err) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= TRANSIENT_BUDGET {
+                    progress.finish();
+                    return Err(describe_error(outputs, &err).context(format!(
+                        "ECS kept failing for {}s while following deployment {id}; it may still be rolling out: `casey-deploy backend-url --wait 300` or `aws ecs describe-services`",
+                        TRANSIENT_BUDGET.as_secs()
+                    )));
+                }
+                progress.note(&format!("DescribeServices: {} (retrying)", crate::aws::error_text(&err)));
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            Err(err) => {
+                progress.finish();
+                return Err(describe_error(outputs, &err));
+            }
+        };
+        let Some(service) = service else {
             progress.finish();
             return Err(anyhow!(
                 "step `rollout`: the service {} no longer exists in cluster {}",
@@ -146,7 +174,26 @@ pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &RolloutArgs) -> Res
                 outputs.ecs_cluster_name
             ));
         };
-        let state = judge(&service, id);
+        seen |= service.deployments().iter().any(|d| d.id() == Some(id));
+        let state = match judge(&service, id) {
+            // Not listed yet: a read that lags the UpdateService.
+            State::Superseded(_) if !seen && start.elapsed() < VISIBILITY_GRACE => State::InProgress,
+            State::Superseded(reason) if !seen => {
+                State::Superseded(format!("ECS never listed it in {}s ({reason})", VISIBILITY_GRACE.as_secs()))
+            }
+            State::Superseded(reason) => {
+                superseded_reads += 1;
+                if superseded_reads < CONFIRMATIONS {
+                    State::InProgress
+                } else {
+                    State::Superseded(reason)
+                }
+            }
+            other => {
+                superseded_reads = 0;
+                other
+            }
+        };
         progress.show(&service, id);
         match state {
             State::Completed => {
@@ -183,6 +230,49 @@ pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &RolloutArgs) -> Res
         std::thread::sleep(
             Duration::from_secs(pause).min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(200)),
         );
+    }
+}
+
+type DescribeError = aws_sdk_ecs::error::SdkError<
+    aws_sdk_ecs::operation::describe_services::DescribeServicesError,
+    aws_sdk_ecs::config::http::HttpResponse,
+>;
+
+fn describe_raw(
+    ctx: &Ctx,
+    ecs: &aws_sdk_ecs::Client,
+    outputs: &Outputs,
+) -> std::result::Result<Option<Service>, DescribeError> {
+    let out = ctx.block_on(
+        ecs.describe_services().cluster(&outputs.ecs_cluster_name).services(&outputs.ecs_service_name).send(),
+    )?;
+    Ok(out.services().first().cloned())
+}
+
+fn describe_error(outputs: &Outputs, err: &DescribeError) -> anyhow::Error {
+    anyhow!("step `rollout`: DescribeServices of {} failed: {}", outputs.ecs_service_name, crate::aws::error_text(err))
+}
+
+/// Errors worth another try: throttling, server errors, timeouts and
+/// connections that failed, as the SDK's retry classifier sees them.
+fn transient(err: &DescribeError) -> bool {
+    use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(e) => {
+            e.raw().status().is_server_error()
+                || matches!(
+                    e.err().code(),
+                    Some(
+                        "ThrottlingException"
+                            | "Throttling"
+                            | "ServerException"
+                            | "ServiceUnavailable"
+                            | "RequestLimitExceeded"
+                    )
+                )
+        }
+        _ => false,
     }
 }
 
@@ -311,6 +401,12 @@ impl Progress {
             self.last_at = Instant::now();
         }
         self.last = state;
+    }
+
+    /// A one-off remark (a retried error) on its own line.
+    fn note(&mut self, text: &str) {
+        self.finish();
+        eprintln!("[{}] {}", clock(now_secs()), redact(text));
     }
 
     fn finish(&mut self) {

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::cli::{ImageArgs, SandboxAction};
+use crate::cli::{ImageArgs, SandboxAction, TfArgs};
 use crate::context::Ctx;
 use crate::image::{self, Image};
-use crate::outputs::Outputs;
+use crate::outputs::{Outputs, Repository};
 use crate::process::{self, Command};
-use crate::{redact, rollout};
+use crate::redact;
 
 /// The emulator, embedded so an installed binary needs nothing else.
 const EMULATOR: &str = include_str!("../emulator/casey_emulator.py");
@@ -295,23 +295,25 @@ pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
 }
 
 /// `image --local`: the Docker path when it can work, else cargo + local
-/// processes; then the same forced rollout as against AWS. Returns the
-/// stack's outputs it read, for the steps after it.
-pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs) -> Result<Outputs> {
-    let outputs = Outputs::load(ctx)?;
+/// processes; then the same rollout as against AWS (which creates the ECS
+/// service when the first apply left it out for want of an image). Returns
+/// the stack's outputs, for the steps after it.
+pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs, tf: &TfArgs) -> Result<Outputs> {
+    let repo = Repository::load(ctx)?;
     match docker_path(sandbox) {
         Ok(registry) => {
             let mut args = args.clone();
             args.registry = Some(registry.clone());
-            let image = Image::new(&ctx.project, &args, &outputs)?;
+            let image = Image::new(&ctx.project, &args, &repo)?;
             match image::build(&image, false) {
                 Ok(()) => {
-                    let pushed = image::push(ctx, &image, &outputs)?;
+                    let pushed = image::push(ctx, &image, &repo)?;
                     image::print_pushed(&image, &pushed);
+                    // The emulator's ECR reads this registry: ECR and the tasks see the pushed image.
+                    control(&sandbox.endpoint, "POST", "/_casey/ecr/registry", Some(json!({"registry": registry})))?;
                     control(&sandbox.endpoint, "POST", "/_casey/runner", Some(json!({"mode": "docker", "registry": registry})))?;
-                    eprintln!("==> sandbox: tasks run as containers of {}", image.latest_ref());
-                    rollout::force_new_deployment(ctx, &outputs, &args.rollout)?;
-                    return Ok(outputs);
+                    crate::say!("==> sandbox: tasks run as containers of {}", image.latest_ref());
+                    return image::deploy(ctx, &args, &image, tf, true);
                 }
                 Err(err) => crate::say!(
                     "==> sandbox: the image did not build ({}); building the backend with cargo and running the tasks as local processes instead",
@@ -334,8 +336,41 @@ pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs) -> Result<Ou
         "/_casey/runner",
         Some(json!({"mode": "process", "backend_bin": binary, "log_dir": log_dir})),
     )?;
-    rollout::force_new_deployment(ctx, &outputs, &args.rollout)?;
-    Ok(outputs)
+    let image = Image::new(&ctx.project, args, &repo)?;
+    record_binary_image(ctx, &repo, &image, Path::new(&binary))?;
+    image::deploy(ctx, args, &image, tf, true)
+}
+
+/// The cargo path has no image, but ECS (and the emulator, as strict as ECS)
+/// only starts tasks of an image that is in ECR: record one with ECR
+/// PutImage, a manifest whose single layer is the binary's digest. moto's ECR
+/// keeps manifests only, so no layer is uploaded.
+fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, binary: &Path) -> Result<()> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(binary).with_context(|| format!("could not read {}", binary.display()))?;
+    let sha256 = |data: &[u8]| {
+        sha2::Sha256::digest(data).iter().fold(String::from("sha256:"), |mut hex, b| {
+            hex.push_str(&format!("{b:02x}"));
+            hex
+        })
+    };
+    let layer = sha256(&bytes);
+    let config = json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["casey-backend"]},
+                        "rootfs": {"type": "layers", "diff_ids": [layer]}})
+    .to_string();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(),
+                   "digest": sha256(config.as_bytes())},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": bytes.len(), "digest": layer}],
+    })
+    .to_string();
+    for tag in [image.tag.as_str(), "latest"] {
+        image::put_manifest(ctx, repo, &manifest, tag)?;
+    }
+    crate::say!("==> sandbox: recorded {} (the cargo-built backend) in ECR", image.immutable_ref());
+    Ok(())
 }
 
 fn first_line(text: &str) -> &str {

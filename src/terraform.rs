@@ -135,7 +135,14 @@ impl Terraform {
 
     /// One plan, saved to `plan_file`.
     pub fn plan(&self, plan_file: &PlanFile, mode: PlanMode) -> Result<Plan> {
+        self.plan_targets(plan_file, mode, &[])
+    }
+
+    /// One plan of only `targets` (resource addresses) and what they depend
+    /// on; all of the configuration when `targets` is empty.
+    pub fn plan_targets(&self, plan_file: &PlanFile, mode: PlanMode, targets: &[String]) -> Result<Plan> {
         let mut cmd = self.cmd(&["plan"]).args(["-input=false", "-detailed-exitcode", "-lock-timeout=10s"]);
+        cmd = cmd.args(targets.iter().map(|t| format!("-target={t}")));
         cmd = match mode {
             PlanMode::Normal => cmd,
             PlanMode::RefreshOnly => cmd.arg("-refresh-only"),
