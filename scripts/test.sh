@@ -36,6 +36,7 @@ check "terraform fmt" terraform fmt -check -recursive terraform
 tf_copy="$log_dir/tf"; mkdir -p "$tf_copy"; cp terraform/*.tf terraform/.terraform.lock.hcl "$tf_copy"/
 check "terraform validate" bash -c "terraform -chdir='$tf_copy' init -input=false -backend=false >/dev/null && terraform -chdir='$tf_copy' validate"
 check "checkov (terraform)" "$CASEY_LINT_BIN/checkov" -d terraform --framework terraform --skip-download --quiet --compact
+check "IAM policies (size, parliament)" "$CASEY_LINT_BIN/python" .ci/lint-iam.py
 check "checkov (Dockerfile)" "$CASEY_LINT_BIN/checkov" -f backend/Dockerfile --framework dockerfile --skip-download --quiet --compact
 check "hadolint" "$CASEY_LINT_BIN/hadolint" backend/Dockerfile
 check "cargo fmt" bash -c "cargo fmt --check && (cd backend && cargo fmt --check)"
