@@ -2,6 +2,7 @@
 
 Run:  python3 casey_emulator.py --host 127.0.0.1 --port PORT [--seed-file PATH] [--user NAME ...]
                                 [--rollout-seconds 2] [--task-role-user NAME]
+                                [--iam-propagation-seconds 3] [--registry 127.0.0.1:PORT]
 Self-contained (stdlib + moto[server]) so it can be embedded in the Rust binary and run as `python3 -`.
 
 Gaps filled, each because a real client trips over it:
@@ -35,6 +36,17 @@ Gaps filled, each because a real client trips over it:
    to the task's public IP. A task is RUNNING only once GET /health answers 200; a process that exits or
    never gets healthy stops the task with ECS's reasons and feeds the circuit breaker. So a rollout of a
    backend that refuses to start fails here as it would on ECS, and the URL the tools print answers.
+
+8. AWS rules moto does not enforce and casey-deploy depends on, each with AWS's error code and message and
+   the AWS page it comes from (see the comments at each): IAM's policy size (6,144) and managed policies per
+   user/role (10) quotas; IAM propagation (a new attachment or default version counts only after
+   --iam-propagation-seconds); a Fargate task needs a route to ECR (public IP + internet gateway, NAT, or
+   ECR/S3 (and Logs) endpoints) and an image that exists (moto's ECR store or the --registry behind it, whose
+   images ECR reads also report); the task definition's health check decides HEALTHY; the circuit breaker
+   counts consecutive failures and resets on a healthy task; the default VPC has its internet gateway. Each
+   rule can be switched off only through POST /_casey/rules. moto's RunTask containers get the API's shape.
+9. On request: DescribeServices answers with the state of S seconds ago (ECS is eventually consistent), and
+   faults (5xx, throttling, latency, dropped connections) per service and action.
 
 on_task_started() / on_task_stopped() are called for every task that reaches RUNNING and for its stop; they
 only log. The runner itself starts at launch (PENDING) and stops with the task, see TaskRun.
@@ -294,7 +306,9 @@ class TaskRun:
         self.log_file = os.path.join(config["log_dir"], f"{task.id}.log")
         self.pid = self.container_id = self.exit_code = None
         self.healthy = False
-        # The container's health check (task definition healthCheck) decides, as on ECS; without one, GET
+        # The container's health check (task definition healthCheck) decides, as on ECS: HEALTHY once it
+        # passes, UNHEALTHY after `retries` failures in a row; ECS ignores an image's own HEALTHCHECK
+        # (https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_HealthCheck.html). Without one, GET
         # /health stands in for the ALB's check, as before.
         self.health_check = container.get("healthCheck") if RULES["container_health_check"] else None
         if self.health_check and not (self.health_check.get("command") or [None])[0] in ("CMD", "CMD-SHELL"):

@@ -1175,7 +1175,10 @@ def test_real_backend_as_a_task(runner, backend_bin, tmp_path):
         containerDefinitions=[{
             "name": "backend", "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/casey-backend:latest",
             "portMappings": [{"containerPort": port}],
-            "environment": [{"name": "CASEY_ADMIN_USER", "value": "casey_aniruddh"}]}])
+            "environment": [{"name": "CASEY_ADMIN_USER", "value": "casey_aniruddh"}],
+            # terraform/ecs.tf's check: the backend's own `healthcheck` mode, run against the process
+            "healthCheck": {"command": ["CMD", "/usr/local/bin/casey-backend", "healthcheck"], "interval": 30,
+                            "timeout": 5, "retries": 3, "startPeriod": 15}}])
     config = {"mode": "process", "backend_bin": str(backend_bin), "log_dir": str(tmp_path)}
     assert control(runner, "/_casey/runner", config)[0] == 200
     create_service(runner, runner["net"], "backend", desired=1, task_definition="backend",
@@ -1184,6 +1187,7 @@ def test_real_backend_as_a_task(runner, backend_bin, tmp_path):
     [task] = runner_tasks(runner, "backend")
     status, body = get(task["public_ip"], port)
     assert status == 200 and json.loads(body)["status"] == "ok"
+    assert service_tasks(runner, "backend")[0]["healthStatus"] == "HEALTHY"
     assert "casey_localdev_service" in Path(task["runner"]["log_file"]).read_text()  # its identity guard's log
 
     # With the admin's keys the backend refuses to start: the rollout fails as it would on ECS, and the old
