@@ -50,7 +50,7 @@ variable "service_account_iam_user_name" {
 }
 
 variable "terraform_admin_iam_user_name" {
-  description = "Existing IAM user that runs Terraform and deploy.sh; gets the casey-terraform-admin policy. Default: \"casey_aniruddh\"."
+  description = "Existing IAM user that runs Terraform and casey-deploy; gets the casey-terraform-admin, casey-terraform-admin-ecs and casey-terraform-admin-network policies. Default: \"casey_aniruddh\"."
   type        = string
   default     = "casey_aniruddh"
   nullable    = false

@@ -51,6 +51,35 @@ fn plan_fails(project: &Project, emulator: &Emulator, args: &[&str]) -> String {
     run.stderr.replace(['│', '╷', '╵'], " ").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The service's PRIMARY deployment once its rolloutState is `state`
+/// (panics with the service's events after 90 s).
+fn wait_for_rollout(emulator: &Emulator, state: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let services = emulator.aws(&["ecs", "describe-services", "--cluster", "casey", "--services", "casey-backend"]);
+        let service = &services["services"][0];
+        let primary = service["deployments"].as_array().unwrap().iter().find(|d| d["status"] == "PRIMARY").cloned();
+        if let Some(primary) = primary.filter(|d| d["rolloutState"] == state) {
+            return primary;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {state} deployment in 90 s: {}", service["events"]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The stoppedReason of every stopped task of the cluster.
+fn stopped_reasons(emulator: &Emulator) -> Vec<String> {
+    let listed = emulator.aws(&["ecs", "list-tasks", "--cluster", "casey", "--desired-status", "STOPPED"]);
+    let arns: Vec<&str> = listed["taskArns"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    if arns.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec!["ecs", "describe-tasks", "--cluster", "casey", "--tasks"];
+    args.extend(arns);
+    let tasks = emulator.aws(&args);
+    tasks["tasks"].as_array().unwrap().iter().map(|t| t["stoppedReason"].as_str().unwrap_or("").to_owned()).collect()
+}
+
 fn outputs(project: &Project, emulator: &Emulator) -> Value {
     let run = ok(project.terraform(emulator.admin(), &["output", "-json"]));
     serde_json::from_str(&run.stdout).unwrap()
@@ -147,6 +176,20 @@ fn admin_policies_alone_apply_the_stack_and_alb_toggles_cleanly() {
     );
     ok(project.terraform(admin, &["apply", "-input=false", "-auto-approve", "check.tfplan"]));
 
+    // With its image in ECR (what `casey-deploy image` pushes), the service
+    // runs: the tasks' public IP is their route to ECR on the default VPC.
+    emulator.put_image("casey-backend", "latest");
+    emulator.aws(&[
+        "ecs",
+        "update-service",
+        "--cluster",
+        "casey",
+        "--service",
+        "casey-backend",
+        "--force-new-deployment",
+    ]);
+    wait_for_rollout(&emulator, "COMPLETED");
+
     // What exists, read with the aws CLI.
     let out = outputs(&project, &emulator);
     assert_eq!(out["ecs_cluster_name"]["value"], "casey");
@@ -238,6 +281,25 @@ fn admin_policies_alone_apply_the_stack_and_alb_toggles_cleanly() {
     let zones: std::collections::BTreeSet<_> = lb_subnets.iter().map(|z| z["ZoneName"].as_str().unwrap()).collect();
     assert_eq!(zones.len(), lb_subnets.len(), "one subnet per Availability Zone: {lb_subnets:?}");
 
+    // Behind the ALB the deployment (new: the load balancer changed) runs too,
+    // with public IPs. Without them, on a VPC that has no NAT gateway and no
+    // endpoints, ECS cannot pull the image and says so.
+    wait_for_rollout(&emulator, "COMPLETED");
+    let args = with_alb(&["apply", "-input=false", "-auto-approve", "-var=task_assign_public_ip=false"]);
+    ok(project.terraform(admin, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !stopped_reasons(&emulator)
+        .iter()
+        .any(|r| r.starts_with("ResourceInitializationError: unable to pull secrets or registry auth"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no task failed for its missing route: {:?}",
+            stopped_reasons(&emulator)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
     // Teardown as documented in iam.tf: the admin's own policies are protected
     // from destroy (it would lock the admin out half way), so they leave the
     // state first and stay in AWS.
@@ -245,6 +307,15 @@ fn admin_policies_alone_apply_the_stack_and_alb_toggles_cleanly() {
         admin,
         &["state", "rm", "aws_iam_user_policy_attachment.terraform_admin", "aws_iam_policy.terraform_admin"],
     ));
+    // ecr_force_delete is off: the repository goes only once it is empty.
+    emulator.aws(&[
+        "ecr",
+        "batch-delete-image",
+        "--repository-name",
+        "casey-backend",
+        "--image-ids",
+        "imageTag=latest",
+    ]);
     let args = with_alb(&["destroy", "-input=false", "-auto-approve"]);
     ok(project.terraform(admin, &args.iter().map(String::as_str).collect::<Vec<_>>()));
     let clusters = emulator.aws(&["ecs", "describe-clusters", "--clusters", "casey"]);
