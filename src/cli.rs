@@ -51,6 +51,10 @@ pub struct Global {
     /// Also accept this principal as the admin: a role ARN (for SSO / assumed roles) or a full caller ARN
     #[arg(long, global = true, env = "CASEY_ADMIN_PRINCIPAL", value_name = "ARN")]
     pub admin_principal: Option<String>,
+
+    /// The only AWS account (12 digits) the credentials may belong to. Once the stack is applied, the account its state records is enforced too
+    #[arg(long, global = true, env = "CASEY_AWS_ACCOUNT_ID", value_name = "ID")]
+    pub account: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

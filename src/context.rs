@@ -69,8 +69,11 @@ impl Ctx {
         if sdk.region().is_none() {
             bail!("no AWS region is set: add AWS_REGION=us-east-1 (or your region) to terraform/.env, or set it in your AWS profile");
         }
+        // The account pin is read (and --account checked) before any call.
+        let pin = identity::account_pin(global.account.as_deref(), &tf_dir)?;
         let identity = rt.block_on(identity::caller(&sdk, &settings))?;
         identity::check(&identity, &principals)?;
+        identity::check_account(&identity, pin.as_ref())?;
         Ok(Ctx { project, principals, sdk, identity, sandbox, tf_dir, rt })
     }
 

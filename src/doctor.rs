@@ -170,6 +170,7 @@ pub fn run(global: &Global) -> Result<()> {
         _ => None,
     };
     check_separation(&mut report, &deploy, backend.as_ref(), backend_id.as_ref());
+    check_account(&mut report, global.account.as_deref(), &tf_dir, deploy.identity.as_ref());
     if deploy.sdk.is_some() {
         check_region(&mut report, &env_file, &project, deploy.region.as_deref(), backend.as_ref());
     }
@@ -662,6 +663,27 @@ fn check_separation(
     }
 }
 
+/// The account pin every deploy verb enforces (`--account`, the state's
+/// `account_id`), against the deploy credentials.
+fn check_account(report: &mut Report, explicit: Option<&str>, tf_dir: &Path, caller: Option<&Identity>) {
+    let label = "account";
+    let pin = match identity::account_pin(explicit, tf_dir) {
+        Ok(pin) => pin,
+        Err(err) => {
+            report.fail(label, &format!("{err:#}"), None);
+            return;
+        }
+    };
+    let Some(caller) = caller else { return };
+    match identity::check_account(caller, pin.as_ref()) {
+        Ok(()) => match &pin {
+            Some(pin) => report.ok(label, &format!("{} (pinned by {})", caller.account, pin.source)),
+            None => report.ok(label, &format!("{} (not pinned yet: the first apply records it)", caller.account)),
+        },
+        Err(err) => report.fail(label, &format!("{err:#}"), None),
+    }
+}
+
 fn check_region(
     report: &mut Report,
     env_file: &Path,
@@ -737,24 +759,15 @@ fn check_stack(report: &mut Report, tf_dir: &Path, deploy: &Deploy) -> Result<()
     if let Some(account) = &account {
         found.push_str(&format!(", account {account}"));
     }
-    let caller_account = deploy.identity.as_ref().map(|i| i.account.as_str());
-    match (&account, caller_account) {
-        (Some(stack), Some(caller)) if stack != caller => report.warn(
+    // A different account is the `account` check's FAIL.
+    let (region, applied_region) = (deploy.region.as_deref(), text("aws_region"));
+    match (region, applied_region) {
+        (Some(now), Some(then)) if now != then => report.warn(
             "stack",
-            &format!("{found}; but the deploy credentials are for account {caller}"),
-            Some("use the admin's credentials for the stack's account"),
+            &format!("{found}; but terraform's region is now {now}"),
+            Some(&format!("set AWS_REGION={then} in terraform/.env")),
         ),
-        _ => {
-            let (region, applied_region) = (deploy.region.as_deref(), text("aws_region"));
-            match (region, applied_region) {
-                (Some(now), Some(then)) if now != then => report.warn(
-                    "stack",
-                    &format!("{found}; but terraform's region is now {now}"),
-                    Some(&format!("set AWS_REGION={then} in terraform/.env")),
-                ),
-                _ => report.ok("stack", &found),
-            }
-        }
+        _ => report.ok("stack", &found),
     }
     check_alb(report, &outputs);
     Ok(())

@@ -140,6 +140,66 @@ pub fn check(identity: &Identity, principals: &Principals) -> Result<()> {
     }
 }
 
+/// The account a run may touch, and who said so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub account: String,
+    pub source: String,
+}
+
+/// The allowed account: `--account`/`CASEY_AWS_ACCOUNT_ID`, and the account
+/// the applied stack lives in (the `account_id` output of a local state;
+/// read as a file, since no child may run before the guard). Both set and
+/// different: refused. Neither: `None` (the first apply pins nothing).
+pub fn account_pin(explicit: Option<&str>, tf_dir: &Path) -> Result<Option<Pin>> {
+    let explicit = explicit.map(str::trim).filter(|a| !a.is_empty());
+    if let Some(account) = explicit {
+        if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+            bail!("--account (or CASEY_AWS_ACCOUNT_ID) must be a 12-digit AWS account id, such as 123456789012");
+        }
+    }
+    let recorded = state_account(tf_dir)?;
+    match (explicit, recorded) {
+        (Some(given), Some((state, path))) if given != state => bail!(
+            "refusing to run: --account (or CASEY_AWS_ACCOUNT_ID) says {given}, but the stack's state ({}) records account {state}.\nDeploy to account {state} (drop --account or set it to {state}); a stack in another account needs its own state",
+            path.display()
+        ),
+        (_, Some((state, path))) => {
+            Ok(Some(Pin { account: state, source: format!("the stack's state ({})", path.display()) }))
+        }
+        (Some(given), None) => {
+            Ok(Some(Pin { account: given.to_owned(), source: "--account (or CASEY_AWS_ACCOUNT_ID)".to_owned() }))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Refuse when the caller is not in the pinned account; names both accounts.
+pub fn check_account(identity: &Identity, pin: Option<&Pin>) -> Result<()> {
+    let Some(pin) = pin else { return Ok(()) };
+    if identity.account != pin.account {
+        bail!(
+            "refusing to run: the credentials ({}) are for account {}, but {} allows only account {}.\nUse the admin's credentials for account {}",
+            identity.arn,
+            identity.account,
+            pin.source,
+            pin.account,
+            pin.account
+        );
+    }
+    Ok(())
+}
+
+/// `account_id` from the local state, when there is one.
+fn state_account(tf_dir: &Path) -> Result<Option<(String, std::path::PathBuf)>> {
+    let Some(path) = crate::outputs::local_state(tf_dir) else { return Ok(None) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
+    let state: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!("{} is not a Terraform state (not JSON); restore it from terraform.tfstate.backup", path.display())
+    })?;
+    Ok(state["outputs"]["account_id"]["value"].as_str().filter(|a| !a.is_empty()).map(|a| (a.to_owned(), path)))
+}
+
 /// Refuse when backend/.env holds the same access key as the deploy settings.
 pub fn check_separation(backend_env: &Path) -> Result<()> {
     let Ok(admin_key) = std::env::var("AWS_ACCESS_KEY_ID") else { return Ok(()) };

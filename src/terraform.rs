@@ -78,13 +78,12 @@ pub fn sweep_stale_plans(tf_dir: &Path) {
             continue;
         };
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if is_dir && pid != std::process::id() && !crate::process::alive(pid) {
-            if std::fs::remove_dir_all(entry.path()).is_ok() {
-                crate::say!(
-                    "removed {}, a plan left by an earlier run that was killed (pid {pid})",
-                    entry.path().display()
-                );
-            }
+        let stale = is_dir && pid != std::process::id() && !crate::process::alive(pid);
+        if stale && std::fs::remove_dir_all(entry.path()).is_ok() {
+            crate::say!(
+                "removed {}, a plan left by an earlier run that was killed (pid {pid})",
+                entry.path().display()
+            );
         }
     }
 }

@@ -533,3 +533,64 @@ fn two_runs_at_once_share_one_sandbox() {
     .unwrap();
     assert_eq!(status, 200);
 }
+
+// ------------------------------------------------------ 5. the account pin
+
+/// A local state as an apply leaves it, recording the stack's account.
+fn write_state_with_account(tf_dir: &Path, account: &str) {
+    let state = serde_json::json!({
+        "version": 4,
+        "terraform_version": "1.11.4",
+        "serial": 3,
+        "lineage": "hardening-account-pin",
+        "outputs": { "account_id": { "value": account, "type": "string" } },
+        "resources": [],
+        "check_results": null,
+    });
+    std::fs::write(tf_dir.join("terraform.tfstate"), state.to_string()).unwrap();
+}
+
+#[test]
+fn only_the_pinned_account_may_deploy() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    let ours = emulator.account_id.as_str();
+    let other = "111111111111";
+    assert_ne!(ours, other);
+
+    // Not pinned yet: the admin is accepted (the first apply pins nothing).
+    project.casey(&["whoami"]).assert_ok();
+
+    // Pinned by the flag or the variable to another account: refused, both named.
+    for run in [
+        project.casey(&["--account", other, "infra", "--yes"]),
+        project.casey_with(&["infra", "--yes"], &[("CASEY_AWS_ACCOUNT_ID", other)]),
+    ] {
+        run.assert_fails_with(&format!(
+            "are for account {ours}, but --account (or CASEY_AWS_ACCOUNT_ID) allows only account {other}"
+        ));
+    }
+    project.casey(&["--account", ours, "whoami"]).assert_ok();
+    project.casey(&["--account", "12345", "whoami"]).assert_fails_with("must be a 12-digit AWS account id");
+
+    // The applied stack lives in another account: refused before any child runs.
+    write_state_with_account(&project.tf_dir(), other);
+    let run = project.casey(&["infra", "--yes"]);
+    run.assert_fails_with(&format!("are for account {ours}, but the stack's state"));
+    assert!(run.stderr.contains(&format!("allows only account {other}")), "{}", run.stderr);
+    assert!(!project.tf_dir().join(".terraform").exists(), "terraform ran before the account was checked");
+    // --account cannot override what the state records.
+    project.casey(&["--account", ours, "whoami"]).assert_fails_with(&format!("records account {other}"));
+    // doctor says the same, as a FAIL.
+    let doctor = project.casey(&["doctor"]);
+    assert!(!doctor.ok());
+    assert!(
+        doctor.stdout.lines().any(|l| l.contains("FAIL") && l.contains("account") && l.contains(other)),
+        "{}",
+        doctor.stdout
+    );
+
+    // The state's own account: accepted.
+    write_state_with_account(&project.tf_dir(), ours);
+    project.casey(&["whoami"]).assert_ok();
+}
