@@ -128,15 +128,18 @@ pub struct Repository {
 }
 
 impl Repository {
+    /// The outputs of a partial first apply lack `aws_region` (no targeted
+    /// resource refers to it): it is then the region this run passes.
     pub fn load(ctx: &Ctx) -> Result<Repository> {
-        Repository::from_map(&load_map(ctx)?)
+        Repository::from_map(&load_map(ctx)?, &ctx.region())
     }
 
-    pub fn from_map(map: &Map<String, Value>) -> Result<Repository> {
+    pub fn from_map(map: &Map<String, Value>, region: &str) -> Result<Repository> {
         let text = |name: &str| map.get(name).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-        let (Some(url), Some(region)) = (text("ecr_repository_url"), text("aws_region")) else {
-            bail!("{NOT_APPLIED} (the outputs have no ecr_repository_url and aws_region)");
+        let Some(url) = text("ecr_repository_url") else {
+            bail!("{NOT_APPLIED} (the outputs have no ecr_repository_url)");
         };
+        let region = text("aws_region").unwrap_or_else(|| region.to_owned());
         if !url.contains('/') {
             bail!("the stack's output ecr_repository_url `{url}` is not <registry>/<repository>");
         }
@@ -234,7 +237,8 @@ mod tests {
     fn parses_a_stack_without_alb() {
         let o = Outputs::from_map(&map(full())).unwrap();
         assert_eq!(o.container_port, 3001);
-        let repo = Repository::from_map(&map(full())).unwrap();
+        let repo = Repository::from_map(&map(full()), "eu-west-1").unwrap();
+        assert_eq!(repo.region, "us-east-1");
         assert_eq!(repo.registry(), "123456789012.dkr.ecr.us-east-1.amazonaws.com");
         assert_eq!(repo.name(), "casey-backend");
         assert_eq!(repo.url, o.ecr_repository_url);

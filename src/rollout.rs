@@ -167,6 +167,11 @@ pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &RolloutArgs) -> Res
             }
         };
         let Some(service) = service else {
+            if !seen && start.elapsed() < VISIBILITY_GRACE {
+                // A service created moments ago may not be listed yet.
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
             progress.finish();
             return Err(anyhow!(
                 "step `rollout`: the service {} no longer exists in cluster {}",

@@ -12,9 +12,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,62 +22,10 @@ use base64::Engine as _;
 use serde_json::Value;
 use sha1::Digest as _;
 
-use common::{Emulator, Project, Run};
+use common::docker::{http_get, registry, registry_auth, stdout_value, unique, unique_context, REGISTRY_PASSWORD};
+use common::{Emulator, Project};
 
-/// moto's fixed ECR GetAuthorizationToken password; the test registry's htpasswd uses it.
-const REGISTRY_PASSWORD: &str = "123456789012-auth-token";
 const REPOSITORY: &str = "casey-backend";
-
-/// The test registry (`host:port`); panics, naming .ci/docker.sh, when the
-/// engine or the registry is not there.
-fn registry() -> String {
-    let how = "start them with `.ci/docker.sh start` and `source \"$(.ci/docker.sh env)\"` (.ci/run does both)";
-    let registry = std::env::var("CASEY_TEST_REGISTRY").unwrap_or_else(|_| {
-        panic!("CASEY_TEST_REGISTRY is not set: these tests need the test Docker engine and registry; {how}")
-    });
-    assert!(
-        std::env::var("DOCKER_HOST").is_ok_and(|h| !h.is_empty()),
-        "DOCKER_HOST is not set: these tests need the test Docker engine; {how}"
-    );
-    let docker = Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output();
-    match docker {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "the Docker engine at DOCKER_HOST does not answer ({}); {how}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => panic!("cannot run `docker` ({e}); install the client and {how}"),
-    }
-    let (status, _, _) = http_get(&registry, "/v2/", &[]);
-    assert_eq!(status, 401, "the registry at {registry} should ask for credentials; {how}");
-    registry
-}
-
-/// A tiny HTTP GET: (status, headers lower-cased, body).
-fn http_get(host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
-    let mut stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let mut lines = head.lines();
-    let status = lines.next().unwrap_or_default().split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn registry_auth() -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("AWS:{REGISTRY_PASSWORD}")))
-}
 
 /// Tags of the repository, read through the registry's HTTP API.
 fn registry_tags(registry: &str) -> Vec<String> {
@@ -99,35 +47,6 @@ fn registry_digest(registry: &str, tag: &str) -> String {
     );
     assert_eq!(status, 200, "manifest {tag}: {body}");
     headers.into_iter().find(|(k, _)| k == "docker-content-digest").map(|(_, v)| v).expect("no Docker-Content-Digest")
-}
-
-/// A `KEY=value` line of stdout.
-fn stdout_value(run: &Run, key: &str) -> String {
-    let prefix = format!("{key}=");
-    run.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {key}= line in stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr))
-        .to_owned()
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-/// The fixture context copied to a temp dir with a unique file content, so
-/// the image (and its digest) is new in this run. Not a git repository.
-fn unique_context() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let fixture = common::repo_root().join("tests/fixtures/scratch-context");
-    for entry in std::fs::read_dir(&fixture).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
-    std::fs::write(dir.path().join("hello.txt"), format!("casey-deploy test image {}\n", unique("run"))).unwrap();
-    let path = dir.path().to_path_buf();
-    (dir, path)
 }
 
 /// A project whose "stack" holds only the outputs the deploy verbs read (no
@@ -229,6 +148,44 @@ fn public_ips_via_aws_cli(emulator: &Emulator) -> Vec<String> {
         .collect();
     ips.sort();
     ips
+}
+
+/// A NAT gateway and a route table that sends the service's subnets'
+/// default route through it, as private subnets have.
+fn route_subnets_through_a_nat_gateway(emulator: &Emulator, network: &Value) {
+    let subnets: Vec<&str> = network["awsvpcConfiguration"]["subnets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let subnet = emulator.aws(&["ec2", "describe-subnets", "--subnet-ids", subnets[0]]);
+    let vpc = subnet["Subnets"][0]["VpcId"].as_str().unwrap().to_owned();
+    let eip = emulator.aws(&["ec2", "allocate-address", "--domain", "vpc"]);
+    let nat = emulator.aws(&[
+        "ec2",
+        "create-nat-gateway",
+        "--subnet-id",
+        subnets[0],
+        "--allocation-id",
+        eip["AllocationId"].as_str().unwrap(),
+    ]);
+    let nat = nat["NatGateway"]["NatGatewayId"].as_str().unwrap().to_owned();
+    let table = emulator.aws(&["ec2", "create-route-table", "--vpc-id", &vpc]);
+    let table = table["RouteTable"]["RouteTableId"].as_str().unwrap().to_owned();
+    emulator.aws(&[
+        "ec2",
+        "create-route",
+        "--route-table-id",
+        &table,
+        "--destination-cidr-block",
+        "0.0.0.0/0",
+        "--nat-gateway-id",
+        &nat,
+    ]);
+    for subnet in subnets {
+        emulator.aws(&["ec2", "associate-route-table", "--route-table-id", &table, "--subnet-id", subnet]);
+    }
 }
 
 fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
@@ -426,8 +383,10 @@ fn docker_problems_are_clear_errors() {
 fn deploy_flow() {
     let registry = registry();
     let emulator = Emulator::start();
+    // The registry stands behind the emulated ECR (tags pushed there are in ECR).
+    emulator.control("POST", "/_casey/ecr/registry", &serde_json::json!({ "registry": registry }));
     let project = Project::new(&emulator);
-    project.apply_stack();
+    project.apply_stack(&emulator);
     wait_until("the first task", 60, || !running_tasks(&emulator).is_empty());
 
     // --- backend-url without ALB: the ENI public IP, as the AWS API reports it.
@@ -556,9 +515,12 @@ fn deploy_flow() {
     assert_eq!(now.len(), 1);
     assert_eq!(now[0].image, format!("{registry}/{REPOSITORY}:{tag}"), "the task runs the immutable tag");
 
-    // --- running tasks without a public IP: a clear error that says what to check.
+    // --- running tasks without a public IP (private subnets behind a NAT
+    // gateway, which Fargate needs then to reach ECR): a clear error that
+    // says what to check.
     let described = emulator.aws(&["ecs", "describe-services", "--cluster", "casey", "--services", "casey-backend"]);
     let mut network = described["services"][0]["networkConfiguration"].clone();
+    route_subnets_through_a_nat_gateway(&emulator, &network);
     network["awsvpcConfiguration"]["assignPublicIp"] = "DISABLED".into();
     let network = network.to_string();
     emulator.aws(&[

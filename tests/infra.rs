@@ -167,7 +167,7 @@ fn infra_adopts_existing_resources_survives_interrupts_and_toggles_the_alb() {
     assert!(seen.contains("released its state lock") || seen.contains("may still be locked"), "{seen}");
 
     // State intact: the next run finishes the job.
-    let run = project.apply_stack();
+    let run = project.apply_stack(&emulator);
     assert!(run.stderr.contains("Apply complete"), "{}", run.stderr);
     for name in ["casey-backend-aws-usage", "/ecs/casey-backend"] {
         assert!(log_group_names(&emulator).iter().any(|g| g == name), "log group {name} missing");

@@ -6,6 +6,8 @@
 //! sets it), `TF_CLI_CONFIG_FILE` (the provider mirror; .ci/run writes it).
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -138,6 +140,30 @@ impl Emulator {
     /// The aws CLI as the admin; panics on failure.
     pub fn aws(&self, args: &[&str]) -> Value {
         self.aws_as(&self.admin, args).unwrap_or_else(|e| panic!("aws {}: {e}", args.join(" ")))
+    }
+
+    /// Record an image `repository:tag` in the emulated ECR with PutImage (a
+    /// manifest only: moto's ECR keeps no layers), as a push would. ECS (and
+    /// the emulator) only start tasks of an image that is there.
+    pub fn put_image(&self, repository: &str, tag: &str) -> Value {
+        let layer = format!("sha256:{:064x}", tag.len() as u64 * 7919 + repository.len() as u64);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2, "digest": layer},
+            "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 2, "digest": layer}],
+        })
+        .to_string();
+        self.aws(&[
+            "ecr",
+            "put-image",
+            "--repository-name",
+            repository,
+            "--image-tag",
+            tag,
+            "--image-manifest",
+            &manifest,
+        ])
     }
 
     /// A call to the emulator's control API.
@@ -315,8 +341,17 @@ impl Project {
         run
     }
 
-    /// `casey-deploy infra --yes` once; panics on failure.
-    pub fn apply_stack(&self) -> Run {
+    /// The whole stack, as on a first deploy: `casey-deploy infra --yes`
+    /// creates all but the ECS service while its image is missing; then an
+    /// image is recorded in ECR (what `image` pushes) and a second run creates
+    /// the service. Panics on failure.
+    pub fn apply_stack(&self, emulator: &Emulator) -> Run {
+        let run = self.casey(&["infra", "--yes"]);
+        run.assert_ok();
+        if !run.stderr.contains("is not in ECR yet") {
+            return run;
+        }
+        emulator.put_image("casey-backend", "latest");
         let run = self.casey(&["infra", "--yes"]);
         run.assert_ok();
         run
