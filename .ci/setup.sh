@@ -17,7 +17,7 @@ need_cmd cargo "install Rust with rustup"
 need_cmd python3 "install Python 3.11+"
 
 apt_missing=()
-for pkg in docker.io docker-registry apache2-utils openssl; do
+for pkg in docker.io docker-registry apache2-utils openssl debootstrap; do
   dpkg -s "$pkg" >/dev/null 2>&1 || apt_missing+=("$pkg")
 done
 if [ ${#apt_missing[@]} -gt 0 ]; then

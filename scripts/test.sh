@@ -46,6 +46,11 @@ bash .ci/docker.sh start
 services_started=1
 # shellcheck disable=SC1090
 source "$(bash .ci/docker.sh env)"
+# Local equivalents of backend/Dockerfile's base images (no registry outside is
+# reachable); tests/production_image.rs builds on them.
+check "base images (.ci/base-images.sh)" env CASEY_CACHE="$CASEY_CACHE" bash .ci/base-images.sh
+# shellcheck disable=SC1091
+[ -f "$CASEY_CACHE/base-images/images.env" ] && source "$CASEY_CACHE/base-images/images.env"
 
 suite() { # NAME CMD...: a test runner; its totals are counted, and a runner
   # that fails without reporting a failed test (a build error) counts as one.

@@ -62,7 +62,8 @@ fn bootstrap_rights_alone_deploy_a_fresh_account_in_order() {
     // and create log groups, nothing else.
     let document = std::fs::read_to_string(common::repo_root().join("tests/fixtures/bootstrap-admin-policy.json"))
         .expect("tests/fixtures/bootstrap-admin-policy.json");
-    let created = emulator.aws(&["iam", "create-policy", "--policy-name", "casey-bootstrap", "--policy-document", &document]);
+    let created =
+        emulator.aws(&["iam", "create-policy", "--policy-name", "casey-bootstrap", "--policy-document", &document]);
     let arn = created["Policy"]["Arn"].as_str().unwrap().to_owned();
     emulator.aws(&["iam", "attach-user-policy", "--user-name", ADMIN, "--policy-arn", &arn]);
     emulator.control("POST", "/_casey/iam/propagation", &json!({"seconds": 3}));

@@ -153,12 +153,8 @@ fn public_ips_via_aws_cli(emulator: &Emulator) -> Vec<String> {
 /// A NAT gateway and a route table that sends the service's subnets'
 /// default route through it, as private subnets have.
 fn route_subnets_through_a_nat_gateway(emulator: &Emulator, network: &Value) {
-    let subnets: Vec<&str> = network["awsvpcConfiguration"]["subnets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap())
-        .collect();
+    let subnets: Vec<&str> =
+        network["awsvpcConfiguration"]["subnets"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
     let subnet = emulator.aws(&["ec2", "describe-subnets", "--subnet-ids", subnets[0]]);
     let vpc = subnet["Subnets"][0]["VpcId"].as_str().unwrap().to_owned();
     let eip = emulator.aws(&["ec2", "allocate-address", "--domain", "vpc"]);
