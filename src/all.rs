@@ -20,6 +20,7 @@ use crate::infra::{self, Outcome};
 use crate::outputs::Repository;
 use crate::sandbox::{self, Sandbox};
 use crate::url;
+use crate::{out, say};
 
 const STEPS: &[&str] = &["docker", "infra", "build", "push", "rollout", "backend-url"];
 /// Under --local the image step picks its own path (Docker or cargo).
@@ -34,8 +35,8 @@ pub fn run(ctx: &Ctx, args: &AllArgs) -> Result<()> {
     };
     summary.print(started.elapsed(), if ctx.sandbox.is_some() { LOCAL_STEPS } else { STEPS });
     let resolved = result?;
-    eprintln!("Set this in the frontend's environment and redeploy it:");
-    println!("NEXT_PUBLIC_WS_URL={}", resolved.url());
+    say!("Set this in the frontend's environment and redeploy it:");
+    out!("NEXT_PUBLIC_WS_URL={}", resolved.url());
     Ok(())
 }
 
@@ -81,7 +82,7 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
             let repo = if outcome == Outcome::NoChanges { repo } else { Repository::load(ctx)? };
             let current = Image::from_source(source, &args.image, &repo);
             if current.refs() != image.refs() {
-                eprintln!("==> the repository changed during the apply: tagging the image for {}", current.repository);
+                say!("==> the repository changed during the apply: tagging the image for {}", current.repository);
                 image::retag(&image, &current)?;
             }
             (repo, current)
@@ -125,14 +126,11 @@ fn local_steps(ctx: &Ctx, sandbox: &Sandbox, args: &AllArgs, summary: &mut Summa
 fn early_build(ctx: &Ctx, args: &AllArgs, source: &Source) -> Early {
     let Ok(repo) = Repository::load(ctx) else { return Early::NoStack };
     let image = Image::from_source(source.clone(), &args.image, &repo);
-    eprintln!("==> the stack exists: building the image while terraform runs (its output is shown if it fails)");
+    say!("==> the stack exists: building the image while terraform runs (its output is shown if it fails)");
     let start = Instant::now();
     match image::build(&image, true) {
         Ok(()) => {
-            eprintln!(
-                "==> docker build finished in {:.1}s (in parallel with terraform)",
-                start.elapsed().as_secs_f64()
-            );
+            say!("==> docker build finished in {:.1}s (in parallel with terraform)", start.elapsed().as_secs_f64());
             Early::Built { built: Box::new((repo, image)), took: start.elapsed() }
         }
         Err(error) => Early::Failed { error, took: start.elapsed() },
@@ -180,16 +178,16 @@ impl Summary {
     }
 
     fn print(&self, total: Duration, steps: &[&str]) {
-        eprintln!();
-        eprintln!("{:<12} {:<11} {:>8}", "step", "result", "time");
+        say!("");
+        say!("{:<12} {:<11} {:>8}", "step", "result", "time");
         for step in steps {
             match self.rows.iter().find(|r| r.step == *step) {
                 Some(row) => {
                     let line =
                         format!("{:<12} {:<11} {:>7.1}s  {}", row.step, row.result, row.took.as_secs_f64(), row.note);
-                    eprintln!("{}", line.trim_end());
+                    say!("{}", line.trim_end());
                 }
-                None => eprintln!("{:<12} {:<11} {:>8}", step, "skipped", "-"),
+                None => say!("{:<12} {:<11} {:>8}", step, "skipped", "-"),
             }
         }
         let build = self.rows.iter().find(|r| r.step == "build" && r.note.starts_with("in parallel"));
@@ -198,6 +196,6 @@ impl Summary {
             (Some(b), Some(i)) => format!("  (the parallel build saved ~{:.1}s)", b.took.min(i.took).as_secs_f64()),
             _ => String::new(),
         };
-        eprintln!("{:<12} {:<11} {:>7.1}s{saved}", "total", "", total.as_secs_f64());
+        say!("{:<12} {:<11} {:>7.1}s{saved}", "total", "", total.as_secs_f64());
     }
 }

@@ -27,6 +27,7 @@ use crate::outputs::{Outputs, Repository};
 use crate::process::{Command, Output};
 use crate::redact;
 use crate::rollout;
+use crate::{out, say};
 
 /// What to build and where to push it.
 #[derive(Debug, Clone)]
@@ -105,7 +106,7 @@ impl Source {
             None => git_tag(&context, &dockerfile)?,
         };
         if tag.ends_with("-dirty") && args.tag.is_none() {
-            eprintln!(
+            say!(
                 "warning: {} has uncommitted changes, so the tag {tag} is not reproducible (another build may push other content under it); commit first, or pass --tag",
                 context.display()
             );
@@ -140,8 +141,8 @@ pub struct Pushed {
 
 /// Results on stdout, one `KEY=value` per line.
 pub fn print_pushed(image: &Image, pushed: &Pushed) {
-    println!("IMAGE={}", image.immutable_ref());
-    println!("IMAGE_DIGEST={}@{}", image.repository, pushed.digest);
+    out!("IMAGE={}", image.immutable_ref());
+    out!("IMAGE_DIGEST={}@{}", image.repository, pushed.digest);
 }
 
 /// Roll the service out to the pushed image: a forced new deployment of
@@ -161,9 +162,9 @@ pub fn deploy(ctx: &Ctx, args: &ImageArgs, image: &Image, tf: &TfArgs, yes: bool
     if args.immutable {
         tf.vars.retain(|(k, _)| k != "backend_container_image");
         tf.vars.push(("backend_container_image".to_owned(), image.immutable_ref()));
-        eprintln!("==> --immutable: applying Terraform with backend_container_image={}", image.immutable_ref());
+        say!("==> --immutable: applying Terraform with backend_container_image={}", image.immutable_ref());
     } else {
-        eprintln!("==> the image is in ECR now: applying Terraform to create the ECS service");
+        say!("==> the image is in ECR now: applying Terraform to create the ECS service");
     }
     let infra_args = InfraArgs { tf, yes, ..InfraArgs::default() };
     let outcome = infra::run(ctx, &infra_args)?;
@@ -175,18 +176,18 @@ pub fn deploy(ctx: &Ctx, args: &ImageArgs, image: &Image, tf: &TfArgs, yes: bool
     }
     let outputs = Outputs::load(ctx)?;
     if outcome == infra::Outcome::NoChanges {
-        eprintln!("The service already runs {}: nothing to roll out.", image.immutable_ref());
+        say!("The service already runs {}: nothing to roll out.", image.immutable_ref());
         return Ok(outputs);
     }
     match rollout::primary_deployment(ctx, &outputs)? {
         Some(id) if Some(&id) != before.as_ref() => {
             if args.rollout.no_wait {
-                eprintln!("--no-wait: ECS deployment {id} started; not following it");
+                say!("--no-wait: ECS deployment {id} started; not following it");
                 return Ok(outputs);
             }
             rollout::follow(ctx, &outputs, &id, &args.rollout)?;
         }
-        _ => eprintln!("The apply started no new ECS deployment (the task definition did not change)."),
+        _ => say!("The apply started no new ECS deployment (the task definition did not change)."),
     }
     Ok(outputs)
 }
@@ -222,7 +223,7 @@ pub fn check_docker() -> Result<()> {
 /// alongside terraform); it is shown when the build fails.
 pub fn build(image: &Image, quiet: bool) -> Result<()> {
     let [immutable, latest] = image.refs();
-    eprintln!("==> docker build {} (tags {} and latest)", image.context.display(), image.tag);
+    say!("==> docker build {} (tags {} and latest)", image.context.display(), image.tag);
     let mut cmd = Command::new("docker")
         .args(["build", "--platform", "linux/amd64", "-f"])
         .arg(image.dockerfile.display().to_string())
@@ -236,7 +237,7 @@ pub fn build(image: &Image, quiet: bool) -> Result<()> {
         return Ok(());
     }
     if quiet {
-        eprintln!("{}", out.tail(40));
+        say!("{}", out.tail(40));
     }
     let all = format!("{}{}", out.stdout, out.stderr);
     let hint = if all.contains("BuildKit") || all.contains("--mount") {
@@ -269,7 +270,7 @@ pub fn push(ctx: &Ctx, image: &Image, repo: &Repository) -> Result<Pushed> {
     login(&config, image, &user, &password)?;
     let mut digest = None;
     for reference in image.refs() {
-        eprintln!("==> docker push {reference}");
+        say!("==> docker push {reference}");
         let out = Command::new("docker").arg("--config").arg(config.arg()).args(["push", &reference]).run()?;
         if !out.success() {
             return Err(push_error(image, &reference, &out));
@@ -280,7 +281,7 @@ pub fn push(ctx: &Ctx, image: &Image, repo: &Repository) -> Result<Pushed> {
         Some(d) => d,
         None => inspect_digest(image)?,
     };
-    eprintln!("pushed {} and latest: {digest}", image.immutable_ref());
+    say!("pushed {} and latest: {digest}", image.immutable_ref());
     Ok(Pushed { digest })
 }
 
@@ -357,7 +358,7 @@ fn ecr_credentials(ctx: &Ctx, region: &str) -> Result<(String, String)> {
 
 /// `docker login --password-stdin`: the password never is an argument.
 fn login(config: &DockerConfig, image: &Image, user: &str, password: &str) -> Result<()> {
-    eprintln!("==> docker login {} (user {user}, password from ECR on stdin)", image.registry);
+    say!("==> docker login {} (user {user}, password from ECR on stdin)", image.registry);
     let out = Command::new("docker")
         .arg("--config")
         .arg(config.arg())
@@ -452,6 +453,8 @@ impl DockerConfig {
                 Err(e) => return Err(e).with_context(|| format!("could not create {}", dir.display())),
             }
         };
+        // It will hold the ECR password: removed even when a signal ends the run.
+        crate::process::remove_on_exit(&dir);
         let config = DockerConfig { dir };
         config.inherit_user_settings();
         Ok(config)
@@ -492,6 +495,7 @@ impl DockerConfig {
 impl Drop for DockerConfig {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+        crate::process::forget_on_exit(&self.dir);
     }
 }
 

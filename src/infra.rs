@@ -26,6 +26,7 @@ use serde_json::Value;
 use crate::cli::InfraArgs;
 use crate::context::Ctx;
 use crate::terraform::{Failure, Plan, PlanFile, PlanMode, Terraform};
+use crate::{prompt, say};
 
 /// The admin's own policies and their attachments: applied before the rest.
 const ADMIN_TARGETS: &[&str] = &["aws_iam_policy.terraform_admin", "aws_iam_user_policy_attachment.terraform_admin"];
@@ -58,7 +59,7 @@ pub fn run(ctx: &Ctx, args: &InfraArgs) -> Result<Outcome> {
     // The sandbox is throwaway: --local applies without asking.
     let args = &InfraArgs { yes: args.yes || ctx.sandbox.is_some(), ..args.clone() };
     let tf = ctx.terraform(&args.tf);
-    eprintln!("==> terraform init ({})", tf.dir().display());
+    say!("==> terraform init ({})", tf.dir().display());
     tf.init()?;
     if !args.refresh_only {
         adopting(ctx, &tf, args, || bootstrap_admin(ctx, &tf, args))?;
@@ -74,7 +75,7 @@ fn adopting<T>(ctx: &Ctx, tf: &Terraform, args: &InfraArgs, step: impl Fn() -> R
             if failure.already_exists().is_empty() {
                 return Err(err);
             }
-            eprintln!("==> --adopt: importing the resources that already exist");
+            say!("==> --adopt: importing the resources that already exist");
             let imported = crate::import::adopt(ctx, tf)?;
             if imported.is_empty() {
                 bail!("{failure}\n--adopt found nothing to import; check the names in the errors above");
@@ -92,16 +93,16 @@ fn bootstrap_admin(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<()> {
     if state.iter().any(|a| a == ADMIN_TARGETS[1]) {
         return Ok(());
     }
-    eprintln!("==> first apply: the admin's own IAM policies first (the rest needs their permissions)");
+    say!("==> first apply: the admin's own IAM policies first (the rest needs their permissions)");
     let targets: Vec<String> = ADMIN_TARGETS.iter().map(|t| (*t).to_owned()).collect();
     let plan_file = PlanFile::create(tf.dir(), "bootstrap")?;
     if tf.plan_targets(&plan_file, PlanMode::Normal, &targets)? == Plan::NoChanges {
         return Ok(());
     }
     let summary = Summary::of(&tf.show_json(&plan_file)?);
-    eprintln!("{summary}");
+    say!("{summary}");
     confirm(&summary, args.yes)?;
-    eprintln!("==> terraform apply (the admin's policies)");
+    say!("==> terraform apply (the admin's policies)");
     tf.apply(&plan_file)?;
     wait_for_iam(ctx)
 }
@@ -110,7 +111,7 @@ fn bootstrap_admin(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<()> {
 /// times in a row (IAM changes reach its endpoints one by one).
 fn wait_for_iam(ctx: &Ctx) -> Result<()> {
     use aws_sdk_ec2::error::ProvideErrorMetadata;
-    eprintln!("==> waiting for IAM to grant the new policies (IAM is eventually consistent)");
+    say!("==> waiting for IAM to grant the new policies (IAM is eventually consistent)");
     let ecs = aws_sdk_ecs::Client::new(&ctx.sdk);
     let ec2 = aws_sdk_ec2::Client::new(&ctx.sdk);
     let denied = |code: Option<&str>| {
@@ -126,7 +127,7 @@ fn wait_for_iam(ctx: &Ctx) -> Result<()> {
             denied(ecs_code.as_ref().and_then(|e| e.code())) || denied(ec2_code.as_ref().and_then(|e| e.code()));
         streak = if refused { 0 } else { streak + 1 };
         if streak >= 3 {
-            eprintln!("IAM grants the admin's policies ({:.0}s)", start.elapsed().as_secs_f64());
+            say!("IAM grants the admin's policies ({:.0}s)", start.elapsed().as_secs_f64());
             return Ok(());
         }
         if start.elapsed() >= IAM_WAIT {
@@ -142,10 +143,10 @@ fn wait_for_iam(ctx: &Ctx) -> Result<()> {
 fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<Outcome> {
     let plan_file = PlanFile::create(tf.dir(), "infra")?;
     let mode = if args.refresh_only { PlanMode::RefreshOnly } else { PlanMode::Normal };
-    eprintln!("==> terraform plan{}", if args.refresh_only { " -refresh-only" } else { "" });
+    say!("==> terraform plan{}", if args.refresh_only { " -refresh-only" } else { "" });
     let plan = tf.plan(&plan_file, mode)?;
     if plan == Plan::NoChanges {
-        eprintln!("No changes: the infrastructure matches the configuration. Nothing to apply.");
+        say!("No changes: the infrastructure matches the configuration. Nothing to apply.");
         return Ok(Outcome::NoChanges);
     }
     let json = tf.show_json(&plan_file)?;
@@ -155,9 +156,9 @@ fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<Outcome
         }
     }
     let summary = Summary::of(&json);
-    eprintln!("{summary}");
+    say!("{summary}");
     confirm(&summary, args.yes)?;
-    eprintln!("==> terraform apply (the saved plan)");
+    say!("==> terraform apply (the saved plan)");
     tf.apply(&plan_file)?;
     Ok(Outcome::Applied)
 }
@@ -205,19 +206,19 @@ fn ecr_image(image: &str) -> Option<(String, String)> {
 
 /// Apply every planned change except the ECS service and its auto scaling.
 fn apply_without_service(tf: &Terraform, args: &InfraArgs, plan: &Value, image: String) -> Result<Outcome> {
-    eprintln!("==> {image} is not in ECR yet: applying everything but the ECS service, which would start tasks without an image");
+    say!("==> {image} is not in ECR yet: applying everything but the ECS service, which would start tasks without an image");
     let targets = targets_without(plan, NEEDS_IMAGE);
     if !targets.is_empty() {
         let plan_file = PlanFile::create(tf.dir(), "infra-base")?;
         if tf.plan_targets(&plan_file, PlanMode::Normal, &targets)? == Plan::Changes {
             let summary = Summary::of(&tf.show_json(&plan_file)?);
-            eprintln!("{summary}");
+            say!("{summary}");
             confirm(&summary, args.yes)?;
-            eprintln!("==> terraform apply (the saved plan)");
+            say!("==> terraform apply (the saved plan)");
             tf.apply(&plan_file)?;
         }
     }
-    eprintln!(
+    say!(
         "The ECS service is created once {image} is in ECR: `casey-deploy image` builds and pushes it, then creates the service (`casey-deploy all` does both)."
     );
     Ok(Outcome::WaitingForImage(image))
@@ -333,7 +334,7 @@ fn confirm(summary: &Summary, yes: bool) -> Result<()> {
         bail!("there is no terminal to confirm the apply, so nothing was applied; re-run with --yes to apply without asking");
     }
     let warning = if summary.risky() { " This DESTROYS or REPLACES the resources listed above." } else { "" };
-    eprint!("Apply this plan?{warning} Type `yes` to apply [no]: ");
+    prompt!("Apply this plan?{warning} Type `yes` to apply [no]: ");
     std::io::stderr().flush().ok();
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer).context("could not read the answer")?;

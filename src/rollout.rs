@@ -18,6 +18,7 @@ use crate::cli::RolloutArgs;
 use crate::context::Ctx;
 use crate::outputs::Outputs;
 use crate::redact::redact;
+use crate::{prompt, say};
 
 pub fn client(ctx: &Ctx, outputs: &Outputs) -> aws_sdk_ecs::Client {
     let config = aws_sdk_ecs::config::Builder::from(&ctx.sdk)
@@ -31,7 +32,7 @@ pub fn client(ctx: &Ctx, outputs: &Outputs) -> aws_sdk_ecs::Client {
 pub fn force_new_deployment(ctx: &Ctx, outputs: &Outputs, args: &RolloutArgs) -> Result<()> {
     let ecs = client(ctx, outputs);
     let (cluster, service) = (&outputs.ecs_cluster_name, &outputs.ecs_service_name);
-    eprintln!("==> ECS: forcing a new deployment of service {service} (cluster {cluster})");
+    say!("==> ECS: forcing a new deployment of service {service} (cluster {cluster})");
     let out = ctx
         .block_on(ecs.update_service().cluster(cluster).service(service).force_new_deployment(true).send())
         .map_err(|e| {
@@ -49,9 +50,9 @@ pub fn force_new_deployment(ctx: &Ctx, outputs: &Outputs, args: &RolloutArgs) ->
         .service()
         .and_then(primary)
         .ok_or_else(|| anyhow!("step `rollout`: UpdateService returned no PRIMARY deployment for {service}"))?;
-    eprintln!("ECS deployment {id} started");
+    say!("ECS deployment {id} started");
     if args.no_wait {
-        eprintln!("--no-wait: not following it; `casey-deploy backend-url --wait 300` waits for a task");
+        say!("--no-wait: not following it; `casey-deploy backend-url --wait 300` waits for a task");
         return Ok(());
     }
     follow(ctx, outputs, &id, args)
@@ -205,7 +206,7 @@ pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &RolloutArgs) -> Res
                 progress.finish();
                 let ours = service.deployments().iter().find(|d| d.id() == Some(id));
                 let (running, desired) = ours.map_or((0, 0), |d| (d.running_count(), d.desired_count()));
-                eprintln!(
+                say!(
                     "ECS deployment {id} COMPLETED: {running}/{desired} task(s) running ({}s)",
                     start.elapsed().as_secs()
                 );
@@ -247,7 +248,7 @@ fn describe_raw(
     ctx: &Ctx,
     ecs: &aws_sdk_ecs::Client,
     outputs: &Outputs,
-) -> std::result::Result<Option<Service>, DescribeError> {
+) -> std::result::Result<Option<Service>, Box<DescribeError>> {
     let out = ctx.block_on(
         ecs.describe_services().cluster(&outputs.ecs_cluster_name).services(&outputs.ecs_service_name).send(),
     )?;
@@ -301,25 +302,25 @@ fn diagnose(
         service.events().iter().filter(|e| e.created_at().is_none_or(|t| t.secs() >= since)).take(12).collect();
     events.reverse();
     if !events.is_empty() {
-        eprintln!("Recent service events:");
+        say!("Recent service events:");
         for event in events {
             let at = event.created_at().map_or_else(String::new, |t| clock(t.secs()));
-            eprintln!("  {at} {}", redact(event.message().unwrap_or_default()));
+            say!("  {at} {}", redact(event.message().unwrap_or_default()));
         }
     }
     let reasons = match stopped_tasks(ctx, ecs, outputs, id) {
         Ok(reasons) => reasons,
         Err(err) => {
-            eprintln!("(could not list the stopped tasks: {err:#})");
+            say!("(could not list the stopped tasks: {err:#})");
             Vec::new()
         }
     };
     if reasons.is_empty() {
-        eprintln!("No task of deployment {id} has stopped.");
+        say!("No task of deployment {id} has stopped.");
     } else {
-        eprintln!("Stopped tasks of deployment {id}:");
+        say!("Stopped tasks of deployment {id}:");
         for reason in &reasons {
-            eprintln!("  {}", redact(reason));
+            say!("  {}", redact(reason));
         }
     }
     let stopped = reasons.first().map(|r| format!("\nFirst stopped task: {r}")).unwrap_or_default();
@@ -398,11 +399,11 @@ impl Progress {
         };
         let elapsed = self.start.elapsed().as_secs();
         if self.tty {
-            eprint!("\r\x1b[2K{state} ({elapsed}s)");
+            prompt!("\r\x1b[2K{state} ({elapsed}s)");
             let _ = std::io::stderr().flush();
             self.drawn = true;
         } else if state != self.last || self.last_at.elapsed() >= Duration::from_secs(60) {
-            eprintln!("[{}] {state} ({elapsed}s)", clock(now_secs()));
+            say!("[{}] {state} ({elapsed}s)", clock(now_secs()));
             self.last_at = Instant::now();
         }
         self.last = state;
@@ -411,12 +412,12 @@ impl Progress {
     /// A one-off remark (a retried error) on its own line.
     fn note(&mut self, text: &str) {
         self.finish();
-        eprintln!("[{}] {}", clock(now_secs()), redact(text));
+        say!("[{}] {}", clock(now_secs()), redact(text));
     }
 
     fn finish(&mut self) {
         if self.drawn {
-            eprintln!();
+            say!("");
             self.drawn = false;
         }
     }

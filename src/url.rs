@@ -21,6 +21,7 @@ use crate::cli::UrlArgs;
 use crate::context::Ctx;
 use crate::outputs::Outputs;
 use crate::rollout::clock;
+use crate::{out, say};
 
 /// A running task and its URL.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +59,7 @@ pub fn run(ctx: &Ctx, args: &UrlArgs) -> Result<()> {
     let resolved = resolve(ctx, &outputs, Duration::from_secs(args.wait))?;
     let checks = if args.check { Some(check_all(ctx, &resolved)) } else { None };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&resolved, checks.as_deref())).unwrap_or_default());
+        out!("{}", serde_json::to_string_pretty(&to_json(&resolved, checks.as_deref())).unwrap_or_default());
     } else {
         print_text(&resolved);
     }
@@ -72,22 +73,19 @@ pub fn run(ctx: &Ctx, args: &UrlArgs) -> Result<()> {
 pub fn print_text(resolved: &Resolved) {
     match resolved {
         Resolved::Alb { dns_name, url } => {
-            eprintln!("ALB {dns_name}: a stable URL for NEXT_PUBLIC_WS_URL");
-            println!("BACKEND_WS_URL={url}");
+            say!("ALB {dns_name}: a stable URL for NEXT_PUBLIC_WS_URL");
+            out!("BACKEND_WS_URL={url}");
         }
         Resolved::Tasks(tasks) => {
             for task in tasks {
                 let started = task.started_at.map(|s| format!(", started {}", clock(s))).unwrap_or_default();
-                eprintln!("task {}{started}: public IP {}", task.task_id, task.public_ip);
-                println!("BACKEND_WS_URL={}", task.url);
+                say!("task {}{started}: public IP {}", task.task_id, task.public_ip);
+                out!("BACKEND_WS_URL={}", task.url);
             }
             if tasks.len() > 1 {
-                eprintln!(
-                    "{} tasks run; each URL reaches one task (without an ALB nothing spreads the load)",
-                    tasks.len()
-                );
+                say!("{} tasks run; each URL reaches one task (without an ALB nothing spreads the load)", tasks.len());
             }
-            eprintln!("{IP_NOTE}");
+            say!("{IP_NOTE}");
         }
     }
 }
@@ -145,7 +143,7 @@ pub fn resolve(ctx: &Ctx, outputs: &Outputs, wait: Duration) -> Result<Resolved>
             Lookup::Found(tasks) => return Ok(Resolved::Tasks(tasks)),
             Lookup::NotYet(problem) if Instant::now() < deadline => {
                 if !said_waiting {
-                    eprintln!("waiting up to {}s for a running task with a public IP ({problem})", wait.as_secs());
+                    say!("waiting up to {}s for a running task with a public IP ({problem})", wait.as_secs());
                     said_waiting = true;
                 }
                 std::thread::sleep(Duration::from_secs(2).min(deadline - Instant::now()));
@@ -340,7 +338,7 @@ fn check_all(ctx: &Ctx, resolved: &Resolved) -> Vec<Check> {
 
 fn report_checks(checks: &[Check]) -> Result<()> {
     for c in checks {
-        eprintln!("check {}: GET {HEALTH_PATH} {}; WebSocket upgrade {}", c.url, c.health, c.websocket);
+        say!("check {}: GET {HEALTH_PATH} {}; WebSocket upgrade {}", c.url, c.health, c.websocket);
     }
     let failed = checks.iter().filter(|c| !c.ok()).count();
     if failed > 0 {
