@@ -36,13 +36,14 @@ pub fn force_new_deployment(ctx: &Ctx, outputs: &Outputs, args: &RolloutArgs) ->
     let out = ctx
         .block_on(ecs.update_service().cluster(cluster).service(service).force_new_deployment(true).send())
         .map_err(|e| {
+            use aws_sdk_ecs::operation::update_service::UpdateServiceError as E;
             let text = crate::aws::error_text(&e);
-            let hint = if text.contains("NotFound") {
-                "; the service or cluster does not exist: run `casey-deploy infra` first"
-            } else if text.contains("AccessDenied") {
-                "; the admin needs ecs:UpdateService on the service"
-            } else {
-                ""
+            let hint = match e.as_service_error() {
+                Some(
+                    E::ServiceNotFoundException(_) | E::ServiceNotActiveException(_) | E::ClusterNotFoundException(_),
+                ) => "; the service or cluster does not exist: run `casey-deploy infra` first",
+                Some(E::AccessDeniedException(_)) => "; the admin needs ecs:UpdateService on the service",
+                _ => "",
             };
             anyhow!("step `rollout`: UpdateService of {service} in {cluster} failed: {text}{hint}")
         })?;
