@@ -120,17 +120,11 @@ fn running_tasks(emulator: &Emulator) -> Vec<Task> {
 /// The running tasks' public IPs read like the seed's script, through the
 /// AWS API with the aws CLI (independent of the tool).
 fn public_ips_via_aws_cli(emulator: &Emulator) -> Vec<String> {
-    let arns = emulator.aws(&["ecs", "list-tasks", "--cluster", "casey", "--service-name", "casey-backend"]);
-    let arns: Vec<&str> = arns["taskArns"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    if arns.is_empty() {
+    let tasks = emulator.described_tasks(&["--service-name", "casey-backend"]);
+    if tasks.is_empty() {
         return Vec::new();
     }
-    let mut args = vec!["ecs", "describe-tasks", "--cluster", "casey", "--tasks"];
-    args.extend(&arns);
-    let tasks = emulator.aws(&args);
-    let enis: Vec<String> = tasks["tasks"]
-        .as_array()
-        .unwrap()
+    let enis: Vec<String> = tasks
         .iter()
         .filter(|t| t["lastStatus"] == "RUNNING")
         .flat_map(|t| t["attachments"][0]["details"].as_array().unwrap().clone())

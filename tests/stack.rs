@@ -69,15 +69,8 @@ fn wait_for_rollout(emulator: &Emulator, state: &str) -> Value {
 
 /// The stoppedReason of every stopped task of the cluster.
 fn stopped_reasons(emulator: &Emulator) -> Vec<String> {
-    let listed = emulator.aws(&["ecs", "list-tasks", "--cluster", "casey", "--desired-status", "STOPPED"]);
-    let arns: Vec<&str> = listed["taskArns"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    if arns.is_empty() {
-        return Vec::new();
-    }
-    let mut args = vec!["ecs", "describe-tasks", "--cluster", "casey", "--tasks"];
-    args.extend(arns);
-    let tasks = emulator.aws(&args);
-    tasks["tasks"].as_array().unwrap().iter().map(|t| t["stoppedReason"].as_str().unwrap_or("").to_owned()).collect()
+    let tasks = emulator.described_tasks(&["--desired-status", "STOPPED"]);
+    tasks.iter().map(|t| t["stoppedReason"].as_str().unwrap_or("").to_owned()).collect()
 }
 
 fn outputs(project: &Project, emulator: &Emulator) -> Value {

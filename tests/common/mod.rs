@@ -166,6 +166,21 @@ impl Emulator {
         ])
     }
 
+    /// The cluster `casey`'s tasks that ListTasks gives for `filters` (e.g.
+    /// `--desired-status STOPPED`), described, read with the aws CLI.
+    pub fn described_tasks(&self, filters: &[&str]) -> Vec<Value> {
+        let mut list = vec!["ecs", "list-tasks", "--cluster", "casey"];
+        list.extend(filters);
+        let listed = self.aws(&list);
+        let arns: Vec<&str> = listed["taskArns"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        if arns.is_empty() {
+            return Vec::new();
+        }
+        let mut args = vec!["ecs", "describe-tasks", "--cluster", "casey", "--tasks"];
+        args.extend(arns);
+        self.aws(&args)["tasks"].as_array().cloned().unwrap_or_default()
+    }
+
     /// A call to the emulator's control API.
     pub fn control(&self, method: &str, path: &str, body: &Value) -> Value {
         let body = body.to_string();
