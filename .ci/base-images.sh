@@ -211,7 +211,6 @@ command -v docker >/dev/null || die "the docker CLI is missing"
 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
   || die "no Docker engine at ${DOCKER_HOST:-the default socket}: bash .ci/docker.sh start; source \"\$(bash .ci/docker.sh env)\""
 mkdir -p "$CACHE"
-rm -f "$ENV_FILE"
 exec 9>"$CACHE/.lock"
 flock 9  # one maker at a time; a second run waits and then finds the cache warm
 
@@ -244,10 +243,13 @@ if ! present "$RUST_IMAGE" || ! present "$RUNTIME_IMAGE"; then
   fi
 fi
 
-cat >"$ENV_FILE" <<ENV
+# Replaced in one step: another run may be reading it. A stale file (this run
+# failed) names images the engine lacks, and the test says so.
+cat >"$ENV_FILE.part" <<ENV
 export CASEY_RUST_IMAGE=$RUST_IMAGE
 export CASEY_RUNTIME_IMAGE=$RUNTIME_IMAGE
 export CASEY_IMAGE_BUILD_CACHE=$CACHE/backend-build-cache.tar
 ENV
+mv "$ENV_FILE.part" "$ENV_FILE"
 say "ready in $((SECONDS - started))s: RUST_IMAGE=$RUST_IMAGE RUNTIME_IMAGE=$RUNTIME_IMAGE"
 say "wrote $ENV_FILE; use it with: source $ENV_FILE"
