@@ -78,6 +78,13 @@ pub enum Verb {
     Whoami,
     /// Check everything a deploy needs (tools, provider, env files, credentials, region, stack); exit 1 if a deploy would fail
     Doctor,
+    /// Print a shell completion script, e.g. `casey-deploy completions bash > ~/.local/share/bash-completion/completions/casey-deploy`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `casey-deploy man | man -l -`
+    Man,
 }
 
 /// Terraform variables, passed through as -var / -var-file.
@@ -206,4 +213,41 @@ pub enum SandboxAction {
     Down,
     /// Show whether the sandbox is running, and where
     Status,
+}
+
+/// `casey-deploy completions SHELL`: the completion script on stdout.
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "casey-deploy", &mut script);
+    write_stdout(&script)
+}
+
+/// `casey-deploy man`: the manual page (roff) on stdout: the tool, its
+/// verbs, then each verb's synopsis and options.
+pub fn man_page() -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page).context("could not render the manual page")?;
+    for verb in command.get_subcommands().filter(|v| !v.is_hide_set()) {
+        let verb = verb.clone().bin_name(format!("casey-deploy {}", verb.get_name()));
+        let man = clap_mangen::Man::new(verb);
+        man.render_synopsis_section(&mut page).context("could not render the manual page")?;
+        man.render_options_section(&mut page).context("could not render the manual page")?;
+    }
+    write_stdout(&page)
+}
+
+/// Write to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("could not write to stdout"))
+        }
+        _ => Ok(()),
+    }
 }

@@ -41,6 +41,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Special verbs: nothing to set up, nothing that can fail but writing.
+    match &cli.command {
+        Verb::Completions { shell } => return cli::completions(*shell),
+        Verb::Man => return cli::man_page(),
+        _ => {}
+    }
     process::install_signal_handler()?;
     // Doctor reports every problem, including those the guard stops at.
     if let Verb::Doctor = &cli.command {
@@ -53,7 +59,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx::new(&cli.global)?;
     match &cli.command {
         Verb::Whoami => Ok(()),
-        Verb::Doctor | Verb::Sandbox { .. } => unreachable!("runs before the guard"),
+        Verb::Doctor | Verb::Sandbox { .. } | Verb::Completions { .. } | Verb::Man => {
+            unreachable!("runs before the guard")
+        }
         Verb::Infra(args) => infra::run(&ctx, args).map(drop),
         Verb::Import(args) => import::run(&ctx, args),
         Verb::Image(args) => image::run(&ctx, args),
