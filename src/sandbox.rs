@@ -12,7 +12,6 @@
 //! containers of the pushed image when a Docker engine is reachable and the
 //! image builds, otherwise as local processes of a cargo-built binary.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -472,26 +471,36 @@ fn python_with_moto(project: &Path) -> Result<String> {
 
 /// One call to the emulator's control API.
 pub fn control(endpoint: &str, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream =
-        TcpStream::connect(address).with_context(|| format!("the sandbox's emulator at {endpoint} does not answer"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        bail!(
-            "the sandbox's emulator answered {method} {path} with {}: {}",
-            head.lines().next().unwrap_or(""),
-            body.trim()
-        );
+    use http_body_util::BodyExt as _;
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let uri: hyper::Uri =
+        format!("http://{address}{path}").parse().with_context(|| format!("bad sandbox URL {endpoint}"))?;
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, &address)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body.map(|b| b.to_string()).unwrap_or_default())))?;
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(&address)
+            .await
+            .with_context(|| format!("the sandbox's emulator at {endpoint} does not answer"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        let driver = tokio::spawn(connection);
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        driver.abort();
+        anyhow::Ok((status, body))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, body) = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), exchange).await })
+        .with_context(|| format!("the sandbox's emulator did not answer {method} {uri} within 30s"))?
+        .with_context(|| format!("{method} {uri} to the sandbox's emulator failed"))?;
+    let body = String::from_utf8_lossy(&body);
+    if status != hyper::StatusCode::OK {
+        bail!("the sandbox's emulator answered {method} {path} with {status}: {}", body.trim());
     }
     Ok(serde_json::from_str(body.trim()).unwrap_or(Value::Null))
 }

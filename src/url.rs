@@ -8,14 +8,13 @@
 //! Cost: one `terraform output` and three AWS calls (ListTasks, DescribeTasks,
 //! DescribeNetworkInterfaces); more only on the error path.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use aws_sdk_ecs::types::DesiredStatus;
-use base64::Engine as _;
 use serde_json::{json, Value};
-use sha1::Digest as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::UrlArgs;
 use crate::context::Ctx;
@@ -278,7 +277,6 @@ fn explain(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs, problem: &st
 pub enum Probe {
     Ok(String),
     Failed(String),
-    Skipped(String),
 }
 
 impl Probe {
@@ -286,7 +284,6 @@ impl Probe {
         match self {
             Probe::Ok(d) => json!({"result": "ok", "detail": d}),
             Probe::Failed(d) => json!({"result": "failed", "detail": d}),
-            Probe::Skipped(d) => json!({"result": "skipped", "detail": d}),
         }
     }
 
@@ -300,7 +297,6 @@ impl std::fmt::Display for Probe {
         match self {
             Probe::Ok(d) => write!(f, "ok ({d})"),
             Probe::Failed(d) => write!(f, "FAILED ({d})"),
-            Probe::Skipped(d) => write!(f, "not checked ({d})"),
         }
     }
 }
@@ -327,10 +323,12 @@ fn check_all(ctx: &Ctx, resolved: &Resolved) -> Vec<Check> {
         Resolved::Alb { url, .. } => vec![url.clone()],
         Resolved::Tasks(tasks) => tasks.iter().map(|t| t.url.clone()).collect(),
     };
+    // AWS_CA_BUNDLE is read once, and only when a URL needs TLS.
+    let tls = urls.iter().any(|u| u.starts_with("wss://") || u.starts_with("https://")).then(Tls::load);
     ctx.block_on(async {
         let mut checks = Vec::new();
         for url in urls {
-            checks.push(check_url(&url).await);
+            checks.push(check_url(&url, tls.as_ref()).await);
         }
         checks
     })
@@ -345,138 +343,208 @@ fn report_checks(checks: &[Check]) -> Result<()> {
         bail!(
             "--check: {failed} of {} backend URL(s) failed; the task may still be starting, or the security group may not let port {} in",
             checks.len(),
-            checks.first().and_then(|c| split_url(&c.url).ok()).map_or(0, |(_, _, port, _)| port)
+            checks.first().and_then(|c| Target::parse(&c.url).ok()).map_or(0, |t| t.port)
         );
     }
     Ok(())
 }
 
-/// `ws://host:port/path` → (scheme, host, port, path).
-fn split_url(url: &str) -> Result<(String, String, u16, String)> {
-    let (scheme, rest) = url.split_once("://").ok_or_else(|| anyhow!("`{url}` is not a URL"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let default_port = if matches!(scheme, "wss" | "https") { 443 } else { 80 };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            (h.to_owned(), p.parse().map_err(|_| anyhow!("`{url}` has a bad port"))?)
+/// Where a URL points: `ws://host:port/path` or `wss://...`.
+#[derive(Debug)]
+struct Target {
+    secure: bool,
+    /// Without IPv6 brackets, as it is connected to and verified.
+    host: String,
+    port: u16,
+    uri: hyper::Uri,
+}
+
+impl Target {
+    fn parse(url: &str) -> std::result::Result<Target, String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        let secure = match uri.scheme_str() {
+            Some("ws" | "http") => false,
+            Some("wss" | "https") => true,
+            _ => return Err(format!("`{url}` is not a ws:// or wss:// URL")),
+        };
+        let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        Ok(Target { secure, host, port, uri })
+    }
+
+    /// The same host and port with `path` and the HTTP scheme.
+    fn http_uri(&self, path: &str) -> hyper::Uri {
+        let scheme = if self.secure { "https" } else { "http" };
+        let authority = self.uri.authority().map_or(self.host.as_str(), |a| a.as_str());
+        format!("{scheme}://{authority}{path}").parse().unwrap_or_else(|_| self.uri.clone())
+    }
+}
+
+/// The TLS client settings of `--check`: the system roots plus
+/// `AWS_CA_BUNDLE`, the same rule as the SDK client (src/aws.rs), with
+/// rustls and ring.
+struct Tls {
+    config: std::result::Result<Arc<rustls::ClientConfig>, String>,
+    /// Where the extra CAs came from, for error messages.
+    bundle: Option<String>,
+}
+
+impl Tls {
+    fn load() -> Tls {
+        let bundle = std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty());
+        let config = Self::config(bundle.as_deref().map(Path::new));
+        Tls { config, bundle: bundle.map(|b| b.to_string_lossy().into_owned()) }
+    }
+
+    fn config(bundle: Option<&Path>) -> std::result::Result<Arc<rustls::ClientConfig>, String> {
+        use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if let Some(bundle) = bundle {
+            let pem = std::fs::read(bundle)
+                .map_err(|e| format!("AWS_CA_BUNDLE points to {}, which cannot be read: {e}", bundle.display()))?;
+            let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| format!("AWS_CA_BUNDLE ({}) is not a PEM file of certificates: {e}", bundle.display()))?;
+            if certs.is_empty() {
+                return Err(format!("AWS_CA_BUNDLE ({}) holds no PEM certificate", bundle.display()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    format!("AWS_CA_BUNDLE ({}) holds a certificate rustls rejects: {e}", bundle.display())
+                })?;
+            }
         }
-        _ => (authority.to_owned(), default_port),
-    };
-    Ok((scheme.to_owned(), host, port, path.to_owned()))
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("invalid TLS settings: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    /// What to do about a certificate the client did not trust.
+    fn hint(&self) -> String {
+        match &self.bundle {
+            Some(path) => format!(
+                "the server's certificate is not trusted by the system roots or AWS_CA_BUNDLE ({path}); point AWS_CA_BUNDLE at a PEM file with the CA that signed it"
+            ),
+            None => "the server's certificate is not trusted by the system roots; if a private CA signed it, set AWS_CA_BUNDLE to a PEM file with that CA".to_owned(),
+        }
+    }
+}
+
+/// A connection to the target: TCP, and TLS for `wss://`.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(target: &Target, tls: Option<&Tls>) -> std::result::Result<Box<dyn Io>, String> {
+    let (host, port) = (target.host.as_str(), target.port);
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    if !target.secure {
+        return Ok(Box::new(tcp));
+    }
+    let tls = tls.ok_or_else(|| "no TLS settings for a wss:// URL".to_owned())?;
+    let config = tls.config.clone()?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("`{host}` is not a valid TLS server name: {e}"))?;
+    match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+        Ok(stream) => Ok(Box::new(stream)),
+        Err(e) => {
+            let unknown_ca = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).is_some_and(|e| {
+                use rustls::CertificateError::{BadSignature, UnknownIssuer};
+                matches!(e, rustls::Error::InvalidCertificate(UnknownIssuer | BadSignature))
+            });
+            let hint = if unknown_ca { format!("; {}", tls.hint()) } else { String::new() };
+            Err(format!("TLS handshake with {host}:{port} failed: {e}{hint}"))
+        }
+    }
 }
 
 /// GET /health (expect 200) and a WebSocket upgrade of the URL's path (expect
-/// 101 with the right Sec-WebSocket-Accept).
-pub async fn check_url(url: &str) -> Check {
-    let (scheme, host, port, path) = match split_url(url) {
-        Ok(parts) => parts,
+/// 101 with the right Sec-WebSocket-Accept, which tungstenite verifies).
+async fn check_url(url: &str, tls: Option<&Tls>) -> Check {
+    let target = match Target::parse(url) {
+        Ok(target) => target,
         Err(e) => {
-            let failed = Probe::Failed(e.to_string());
+            let failed = Probe::Failed(e);
             return Check { url: url.to_owned(), health: failed.clone(), websocket: failed };
         }
     };
-    if scheme != "ws" {
-        let why = Probe::Skipped(format!("--check speaks plain ws:// only; try `curl -i https://{host}{HEALTH_PATH}`"));
-        return Check { url: url.to_owned(), health: why.clone(), websocket: why };
-    }
-    let authority = if port == 80 { host.clone() } else { format!("{host}:{port}") };
-    let health = match http(&host, port, &format!(
-        "GET {HEALTH_PATH} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: casey-deploy\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    ))
-    .await
-    {
-        Ok((200, line, _, _)) => Probe::Ok(line),
-        Ok((_, line, _, _)) => Probe::Failed(format!("{line}, expected 200")),
+    let health = match within(&target, health(&target, tls)).await {
+        Ok(status) if status == hyper::StatusCode::OK => Probe::Ok(status.to_string()),
+        Ok(status) => Probe::Failed(format!("{status}, expected 200")),
         Err(e) => Probe::Failed(e),
     };
-    let key = base64::engine::general_purpose::STANDARD.encode(random_bytes());
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: casey-deploy\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    let websocket = match http(&host, port, &request).await {
-        Ok((101, line, headers, mut stream)) => {
-            // A close frame (client frames are masked; status 1000), then hang up.
-            let mask = [0x5a, 0x17, 0x3c, 0x81];
-            let frame = [0x88, 0x82, mask[0], mask[1], mask[2], mask[3], 0x03 ^ mask[0], 0xe8 ^ mask[1]];
-            let _ = tokio::time::timeout(TIMEOUT, stream.write_all(&frame)).await;
-            let accept = headers.iter().find(|(k, _)| k == "sec-websocket-accept").map(|(_, v)| v.as_str());
-            if accept == Some(websocket_accept(&key).as_str()) {
-                Probe::Ok(line)
-            } else {
-                Probe::Failed(format!("{line}, but Sec-WebSocket-Accept is {}", accept.unwrap_or("missing")))
-            }
-        }
-        Ok((_, line, _, _)) => Probe::Failed(format!("{line}, expected 101 Switching Protocols")),
+    let websocket = match within(&target, websocket(&target, tls)).await {
+        Ok(detail) => Probe::Ok(detail),
         Err(e) => Probe::Failed(e),
     };
     Check { url: url.to_owned(), health, websocket }
 }
 
-type Head = (u16, String, Vec<(String, String)>, tokio::net::TcpStream);
-
-/// Send one request; read the response head (status, status line, headers).
-async fn http(host: &str, port: u16, request: &str) -> std::result::Result<Head, String> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect((host, port))
-            .await
-            .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
-        stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending the request: {e}"))?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            if buf.len() > 64 * 1024 {
-                return Err("the response head is larger than 64 KiB".to_owned());
-            }
-            let n = stream.read(&mut chunk).await.map_err(|e| format!("reading the response: {e}"))?;
-            if n == 0 {
-                break buf.len();
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let mut lines = head.lines();
-        let status_line = lines.next().unwrap_or_default().trim().to_owned();
-        let status = status_line
-            .strip_prefix("HTTP/1.")
-            .and_then(|rest| rest.get(2..5))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| format!("not an HTTP response: `{}`", status_line.chars().take(80).collect::<String>()))?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Ok((status, status_line.trim_start_matches("HTTP/1.1 ").to_owned(), headers, stream))
-    };
+async fn within<T>(
+    target: &Target,
+    exchange: impl std::future::Future<Output = std::result::Result<T, String>>,
+) -> std::result::Result<T, String> {
     tokio::time::timeout(TIMEOUT, exchange)
         .await
-        .map_err(|_| format!("no answer from {host}:{port} within {}s", TIMEOUT.as_secs()))?
+        .map_err(|_| format!("no answer from {}:{} within {}s", target.host, target.port, TIMEOUT.as_secs()))?
 }
 
-/// RFC 6455: base64(SHA-1(key + GUID)).
-pub fn websocket_accept(key: &str) -> String {
-    let mut sha = sha1::Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+/// The status of `GET /health`, through hyper.
+async fn health(target: &Target, tls: Option<&Tls>) -> std::result::Result<hyper::StatusCode, String> {
+    let io = hyper_util::rt::TokioIo::new(connect(target, tls).await?);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let uri = target.http_uri(HEALTH_PATH);
+    let request = hyper::Request::get(HEALTH_PATH)
+        .header(hyper::header::HOST, uri.authority().map_or(target.host.as_str(), |a| a.as_str()))
+        .header(hyper::header::USER_AGENT, "casey-deploy")
+        .header(hyper::header::ACCEPT, "*/*")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .map_err(|e| format!("building the request: {e}"))?;
+    let response = sender.send_request(request).await.map_err(|e| format!("GET {uri}: {}", error_chain(&e)))?;
+    driver.abort();
+    Ok(response.status())
 }
 
-/// 16 bytes for a Sec-WebSocket-Key (a nonce, not a secret).
-fn random_bytes() -> [u8; 16] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = [0u8; 16];
-    for (i, chunk) in out.chunks_mut(8).enumerate() {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(i);
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
+/// A WebSocket opening handshake on the URL's path, through tungstenite, then
+/// a close.
+async fn websocket(target: &Target, tls: Option<&Tls>) -> std::result::Result<String, String> {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest as _, error::ProtocolError, Error};
+    let stream = connect(target, tls).await?;
+    let mut request = target.uri.clone().into_client_request().map_err(|e| format!("building the request: {e}"))?;
+    request.headers_mut().insert(hyper::header::USER_AGENT, hyper::header::HeaderValue::from_static("casey-deploy"));
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((mut ws, response)) => {
+            // The close frame is a courtesy; the check has its answer.
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+            Ok(response.status().to_string())
+        }
+        Err(Error::Http(response)) => {
+            Err(format!("{}, expected {}", response.status(), hyper::StatusCode::SWITCHING_PROTOCOLS))
+        }
+        Err(Error::Protocol(ProtocolError::SecWebSocketAcceptKeyMismatch)) => {
+            Err(format!("{}, but Sec-WebSocket-Accept does not match the key", hyper::StatusCode::SWITCHING_PROTOCOLS))
+        }
+        Err(e) => Err(format!("WebSocket handshake: {e}")),
     }
-    out
+}
+
+/// An error and its sources, `: `-separated (hyper's own text is terse).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -484,21 +552,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn websocket_accept_matches_rfc_6455() {
-        // The example in RFC 6455 section 1.3.
-        assert_eq!(websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    fn parses_targets() {
+        let t = Target::parse("ws://127.0.1.1:3001/ws").unwrap();
+        assert_eq!((t.secure, t.host.as_str(), t.port, t.uri.path()), (false, "127.0.1.1", 3001, "/ws"));
+        assert_eq!(t.http_uri(HEALTH_PATH).to_string(), "http://127.0.1.1:3001/health");
+        let t = Target::parse("wss://api.casey.com/ws").unwrap();
+        assert_eq!((t.secure, t.host.as_str(), t.port), (true, "api.casey.com", 443));
+        assert_eq!(t.http_uri(HEALTH_PATH).to_string(), "https://api.casey.com/health");
+        let t = Target::parse("ws://[::1]:3001/ws").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 3001));
+        assert!(Target::parse("ftp://x/ws").unwrap_err().contains("not a ws:// or wss:// URL"));
     }
 
     #[test]
-    fn splits_urls() {
-        let (scheme, host, port, path) = split_url("ws://127.0.1.1:3001/ws").unwrap();
-        assert_eq!((scheme.as_str(), host.as_str(), port, path.as_str()), ("ws", "127.0.1.1", 3001, "/ws"));
-        let (_, host, port, _) = split_url("wss://api.casey.com/ws").unwrap();
-        assert_eq!((host.as_str(), port), ("api.casey.com", 443));
-    }
-
-    #[test]
-    fn nonces_differ() {
-        assert_ne!(random_bytes(), random_bytes());
+    fn a_missing_bundle_is_named() {
+        let err = Tls::config(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(err.contains("AWS_CA_BUNDLE points to /nonexistent/ca.pem, which cannot be read"), "{err}");
     }
 }

@@ -2,11 +2,8 @@
 //! (`.ci/docker.sh start`; .ci/run starts them). Without them these tests
 //! fail with what to run; they are never skipped.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use base64::Engine as _;
 
@@ -40,26 +37,11 @@ pub fn registry() -> String {
     registry
 }
 
-/// A tiny HTTP GET: (status, headers lower-cased, body).
-pub fn http_get(host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
-    let mut stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let mut lines = head.lines();
-    let status = lines.next().unwrap_or_default().split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
+/// GET `path` from `host:port` (through hyper): (status, headers lower-cased, body).
+pub fn http_get(address: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, String) {
+    let (host, port) = address.rsplit_once(':').unwrap_or_else(|| panic!("`{address}` is not host:port"));
+    let port = port.parse().unwrap_or_else(|_| panic!("`{address}` has a bad port"));
+    super::http(host, port, "GET", path, headers, "").unwrap_or_else(|e| panic!("GET {path} on {address}: {e}"))
 }
 
 pub fn registry_auth() -> String {

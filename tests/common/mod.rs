@@ -8,8 +8,7 @@
 
 pub mod docker;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -183,22 +182,11 @@ impl Emulator {
 
     /// A call to the emulator's control API.
     pub fn control(&self, method: &str, path: &str, body: &Value) -> Value {
-        let body = body.to_string();
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        assert!(
-            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
-            "{method} {path}: {head}\n{body}"
-        );
-        serde_json::from_str(body.trim()).unwrap_or(Value::Null)
+        let headers = [("Content-Type", "application/json")];
+        let (status, _, text) = http("127.0.0.1", self.port, method, path, &headers, &body.to_string())
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert_eq!(status, 200, "{method} {path}: {text}");
+        serde_json::from_str(text.trim()).unwrap_or(Value::Null)
     }
 }
 
@@ -396,70 +384,96 @@ impl Project {
     }
 }
 
-/// GET `path` from `host:port`; returns the status code and body.
-pub fn http_get(host: &str, port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect((host, port)).map_err(|e| format!("connect {host}:{port}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status line")?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+/// An HTTP answer: (status, headers lower-cased, body).
+pub type Answer = (u16, Vec<(String, String)>, String);
+
+/// One HTTP/1.1 request through hyper.
+pub fn http(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Answer, String> {
+    use http_body_util::BodyExt as _;
+    let mut request = hyper::Request::builder().method(method).uri(path).header("Host", format!("{host}:{port}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(body.to_owned())))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let tcp =
+            tokio::net::TcpStream::connect((host, port)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        let driver = tokio::spawn(connection);
+        let response = sender.send_request(request).await.map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let body = response.into_body().collect().await.map_err(|e| format!("reading the body: {e}"))?.to_bytes();
+        driver.abort();
+        Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+    };
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .map_err(|_| format!("{method} {path} on {host}:{port}: no answer within 30 s"))?
+    })
 }
 
-/// A WebSocket round trip on `ws://host:port/ws`: the server's first text
-/// message (the hello), then the echo of `text`. A minimal RFC 6455 client.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// GET `path` from `host:port`; returns the status code and body.
+pub fn http_get(host: &str, port: u16, path: &str) -> Result<(u16, String), String> {
+    http(host, port, "GET", path, &[], "").map(|(status, _, body)| (status, body))
+}
+
+/// A WebSocket round trip on `ws://host:port/ws` through tokio-tungstenite:
+/// the server's first text message (the hello), then the echo of `text`.
 pub fn ws_round_trip(host: &str, port: u16, text: &str) -> Result<(String, String), String> {
-    let mut stream = TcpStream::connect((host, port)).map_err(|e| format!("connect {host}:{port}: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        stream,
-        "GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).map_err(|e| format!("reading the upgrade answer: {e}"))?;
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    if !head.starts_with("HTTP/1.1 101") {
-        return Err(format!("no upgrade: {head}"));
-    }
-    let read_text = |stream: &mut TcpStream| -> Result<String, String> {
-        loop {
-            let mut h = [0u8; 2];
-            stream.read_exact(&mut h).map_err(|e| format!("reading a frame: {e}"))?;
-            let opcode = h[0] & 0x0f;
-            let mut len = u64::from(h[1] & 0x7f);
-            if len == 126 {
-                let mut b = [0u8; 2];
-                stream.read_exact(&mut b).map_err(|e| e.to_string())?;
-                len = u64::from(u16::from_be_bytes(b));
-            } else if len == 127 {
-                let mut b = [0u8; 8];
-                stream.read_exact(&mut b).map_err(|e| e.to_string())?;
-                len = u64::from_be_bytes(b);
-            }
-            let mut payload = vec![0u8; len as usize];
-            stream.read_exact(&mut payload).map_err(|e| e.to_string())?;
-            match opcode {
-                0x1 => return Ok(String::from_utf8_lossy(&payload).into_owned()),
-                0x8 => return Err("the server closed the connection".into()),
-                _ => continue, // ping, pong, binary
-            }
-        }
+    use futures_util::SinkExt as _;
+    let exchange = async {
+        let tcp =
+            tokio::net::TcpStream::connect((host, port)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
+        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{host}:{port}/ws"), tcp)
+            .await
+            .map_err(|e| format!("no upgrade: {e}"))?;
+        let hello = next_text(&mut ws).await?;
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.map_err(|e| format!("sending: {e}"))?;
+        let echo = next_text(&mut ws).await?;
+        let _ = ws.close(None).await;
+        Ok((hello, echo))
     };
-    let hello = read_text(&mut stream)?;
-    let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let payload = text.as_bytes();
-    assert!(payload.len() < 126, "keep test messages short");
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    stream.write_all(&frame).map_err(|e| e.to_string())?;
-    let echo = read_text(&mut stream)?;
-    Ok((hello, echo))
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| format!("ws://{host}:{port}/ws: no answer within 10 s"))?
+    })
+}
+
+/// The next text message (pings, pongs and binary messages are skipped).
+async fn next_text<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Result<String, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(Message::Close(_))) | None => return Err("the server closed the connection".to_owned()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(format!("reading a message: {e}")),
+        }
+    }
 }
