@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use aws_config::SdkConfig;
@@ -20,8 +21,10 @@ pub struct Ctx {
     pub identity: Identity,
     /// Set under --local: the sandbox this run targets.
     pub sandbox: Option<Sandbox>,
+    /// The one account this run may touch, when it is known.
+    pub pin: Option<identity::Pin>,
     tf_dir: PathBuf,
-    rt: tokio::runtime::Runtime,
+    rt: Arc<tokio::runtime::Runtime>,
 }
 
 impl Ctx {
@@ -61,20 +64,39 @@ impl Ctx {
             identity::check_separation(&project.join("backend").join(".env"))?;
         }
 
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("could not start the async runtime")?;
-        let sdk = rt.block_on(crate::aws::load())?;
+        let rt = Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("could not start the async runtime")?,
+        );
+        // One provider resolves the credentials once, for the guard, every
+        // SDK client and every child (see aws.rs).
+        let (sdk, credentials) = rt.block_on(crate::aws::load_single())?;
         if sdk.region().is_none() {
             bail!("no AWS region is set: add AWS_REGION=us-east-1 (or your region) to terraform/.env, or set it in your AWS profile");
         }
-        // The account pin is read (and --account checked) before any call.
+        // The account pin is read (and --account checked) before any call,
+        // from a state that a killed apply may have left broken.
+        crate::terraform::recover_state(&tf_dir)?;
         let pin = identity::account_pin(global.account.as_deref(), &tf_dir)?;
         let identity = rt.block_on(identity::caller(&sdk, &settings))?;
         identity::check(&identity, &principals)?;
         identity::check_account(&identity, pin.as_ref())?;
-        Ok(Ctx { project, principals, sdk, identity, sandbox, tf_dir, rt })
+        credentials.approve(crate::aws::Approved { arn: identity.arn.clone(), account: identity.account.clone() });
+        let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
+        let child_rt = Arc::clone(&rt);
+        crate::process::set_child_env(Box::new(move || {
+            // From async code (none starts children today) the runtime cannot
+            // be entered again: the current credentials, as resolved.
+            let creds = if tokio::runtime::Handle::try_current().is_ok() {
+                credentials.current().context("no credentials were resolved")?
+            } else {
+                child_rt.block_on(credentials.resolve()).map_err(anyhow::Error::new)?
+            };
+            Ok(crate::aws::child_env(&creds, &region))
+        }));
+        Ok(Ctx { project, principals, sdk, identity, sandbox, pin, tf_dir, rt })
     }
 
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
@@ -93,13 +115,24 @@ impl Ctx {
     /// Terraform with the variables that keep the stack and this tool in
     /// agreement (region and the two user names), then the user's.
     pub fn terraform(&self, user: &TfArgs) -> Terraform {
-        let base = vec![
-            ("aws_region".to_owned(), self.region()),
-            ("terraform_admin_iam_user_name".to_owned(), self.principals.admin_user.clone()),
-            ("service_account_iam_user_name".to_owned(), self.principals.service_user.clone()),
-        ];
+        let base = base_vars(&self.region(), &self.principals, self.pin.as_ref());
         Terraform::new(&self.terraform_dir(), &base, user)
     }
+}
+
+/// The variables every terraform call gets: region, the two user names and,
+/// when the account is pinned, `allowed_account_ids`, so that the provider
+/// refuses any other account on its own too.
+fn base_vars(region: &str, principals: &Principals, pin: Option<&identity::Pin>) -> Vec<(String, String)> {
+    let mut vars = vec![
+        ("aws_region".to_owned(), region.to_owned()),
+        ("terraform_admin_iam_user_name".to_owned(), principals.admin_user.clone()),
+        ("service_account_iam_user_name".to_owned(), principals.service_user.clone()),
+    ];
+    if let Some(pin) = pin {
+        vars.push(("allowed_account_ids".to_owned(), format!("[\"{}\"]", pin.account)));
+    }
+    vars
 }
 
 pub(crate) fn find_project(explicit: Option<&Path>) -> Result<PathBuf> {

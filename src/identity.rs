@@ -73,16 +73,20 @@ fn role_matches(role_arn: &str, caller: &str) -> bool {
     caller.starts_with(&format!("arn:{partition}:sts::{account}:assumed-role/{role}/"))
 }
 
-/// Resolve credentials and ask STS who they belong to.
+/// Resolve credentials (once: the STS call signs with exactly what was
+/// resolved) and ask STS who they belong to.
 pub async fn caller(sdk: &SdkConfig, settings: &Settings) -> Result<Identity> {
     let provider = sdk.credentials_provider().with_context(|| no_credentials(settings))?;
-    let creds =
-        provider.provide_credentials().await.map_err(|e| anyhow::anyhow!("{}: {e}", no_credentials(settings)))?;
+    let creds = provider
+        .provide_credentials()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {:#}", no_credentials(settings), anyhow::Error::new(e)))?;
     redact::register(creds.secret_access_key());
     if let Some(token) = creds.session_token() {
         redact::register(token);
     }
-    let out = aws_sdk_sts::Client::new(sdk).get_caller_identity().send().await.map_err(|e| {
+    let sts = aws_sdk_sts::config::Builder::from(sdk).credentials_provider(creds.clone()).build();
+    let out = aws_sdk_sts::Client::from_conf(sts).get_caller_identity().send().await.map_err(|e| {
         let endpoint = sdk.endpoint_url().map_or_else(|| "AWS STS".to_owned(), |url| format!("STS at {url}"));
         let advice = match crate::aws::failure(&e) {
             Failure::Timeout | Failure::Unreachable => format!(

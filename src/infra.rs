@@ -16,6 +16,13 @@
 //!   breaker would have nothing to roll back to. While the image is missing,
 //!   everything but the service (and its auto scaling, which would raise the
 //!   task count at once) is applied; `image` pushes, then creates it.
+//!
+//! An apply that did not end by itself (SIGKILL, a crash, an interrupt, a
+//! lost connection) may have created resources that it never recorded in
+//! the state; the next apply would then fail on them with "already exists".
+//! `terraform::apply` leaves a marker for such an apply, and the next `infra`
+//! that finds one of a dead process adopts (imports) what already exists,
+//! says so, and applies again, as `--adopt` would.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -59,31 +66,148 @@ pub fn run(ctx: &Ctx, args: &InfraArgs) -> Result<Outcome> {
     // The sandbox is throwaway: --local applies without asking.
     let args = &InfraArgs { yes: args.yes || ctx.sandbox.is_some(), ..args.clone() };
     let tf = ctx.terraform(&args.tf);
+    // Read before this run's own apply writes its marker.
+    let interrupted = crate::terraform::interrupted_apply(tf.dir());
+    if let Some(earlier) = &interrupted {
+        say!(
+            "note: an earlier apply (casey-deploy pid {}, started {}) did not finish by itself; anything it created without recording it is adopted if the apply meets it",
+            earlier.pid,
+            earlier.ago()
+        );
+    }
     say!("==> terraform init ({})", tf.dir().display());
     tf.init()?;
+    let adopt = Adopt { requested: args.adopt, interrupted: interrupted.as_ref() };
     if !args.refresh_only {
-        adopting(ctx, &tf, args, || bootstrap_admin(ctx, &tf, args))?;
+        adopting(ctx, &tf, &adopt, || bootstrap_admin(ctx, &tf, args))?;
     }
-    adopting(ctx, &tf, args, || plan_and_apply(ctx, &tf, args))
+    let outcome = adopting(ctx, &tf, &adopt, || plan_and_apply(ctx, &tf, args))?;
+    if let Some(earlier) = &interrupted {
+        crate::terraform::clear_interrupted_apply(tf.dir(), earlier);
+    }
+    Ok(outcome)
 }
 
-/// Run `step`; with `--adopt`, import what already exists and run it again.
-fn adopting<T>(ctx: &Ctx, tf: &Terraform, args: &InfraArgs, step: impl Fn() -> Result<T>) -> Result<T> {
-    match step() {
-        Err(err) if args.adopt => {
-            let Some(failure) = err.downcast_ref::<Failure>() else { return Err(err) };
-            if failure.already_exists().is_empty() {
-                return Err(err);
-            }
-            say!("==> --adopt: importing the resources that already exist");
-            let imported = crate::import::adopt(ctx, tf)?;
-            if imported.is_empty() {
-                bail!("{failure}\n--adopt found nothing to import; check the names in the errors above");
-            }
-            step()
+/// When to import what already exists: `--adopt`, or after an apply that
+/// was interrupted before it recorded everything it created.
+struct Adopt<'a> {
+    requested: bool,
+    interrupted: Option<&'a crate::terraform::InterruptedApply>,
+}
+
+/// Run `step`; when it fails on resources that already exist and [`Adopt`]
+/// allows it, import them and run it again (again when the next attempt
+/// meets more: a security group's rules can only be found once the group
+/// is in the state).
+fn adopting<T>(ctx: &Ctx, tf: &Terraform, adopt: &Adopt, step: impl Fn() -> Result<T>) -> Result<T> {
+    let mut rounds = 0;
+    loop {
+        let err = match step() {
+            Err(err) if (adopt.requested || adopt.interrupted.is_some()) && rounds < 3 => err,
+            other => return other,
+        };
+        let Some(failure) = err.downcast_ref::<Failure>() else { return Err(err) };
+        let existing = failure.already_exists();
+        if existing.is_empty() {
+            return Err(err);
         }
-        other => other,
+        match (adopt.requested, adopt.interrupted) {
+            (false, Some(earlier)) => say!(
+                "==> the interrupted apply (pid {}) created {} without recording it in the state: importing what already exists (as `infra --adopt` does), then applying again",
+                earlier.pid,
+                existing.join(", ")
+            ),
+            _ => say!("==> --adopt: importing the resources that already exist"),
+        }
+        let mut imported = crate::import::adopt(ctx, tf)?;
+        imported.extend(adopt_network(ctx, tf, &existing)?);
+        if imported.is_empty() {
+            bail!("{failure}\nnothing could be imported; check the names in the errors above");
+        }
+        rounds += 1;
     }
+}
+
+/// Import the security groups and rules among `existing` (addresses that
+/// failed as already existing). Their import ids are EC2's ids, which only
+/// a lookup by name and VPC (group) or by content (rule) finds.
+fn adopt_network(ctx: &Ctx, tf: &Terraform, existing: &[String]) -> Result<Vec<String>> {
+    let network = |a: &String| a.starts_with("aws_security_group.") || a.starts_with("aws_vpc_security_group_");
+    if !existing.iter().any(network) {
+        return Ok(Vec::new());
+    }
+    let plan_file = PlanFile::create(tf.dir(), "adopt-network")?;
+    tf.plan(&plan_file, PlanMode::NamesOnly).context("looking for security groups to import")?;
+    let planned = tf.show_json(&plan_file)?;
+    let ec2 = aws_sdk_ec2::Client::new(&ctx.sdk);
+    let mut imported = Vec::new();
+    for rc in planned["resource_changes"].as_array().into_iter().flatten() {
+        let Some(address) = rc["address"].as_str() else { continue };
+        if !existing.iter().any(|a| a == address) {
+            continue;
+        }
+        let after = &rc["change"]["after"];
+        let id = match rc["type"].as_str() {
+            Some("aws_security_group") => group_id(ctx, &ec2, after)?,
+            Some(kind @ ("aws_vpc_security_group_ingress_rule" | "aws_vpc_security_group_egress_rule")) => {
+                rule_id(ctx, &ec2, after, kind.ends_with("egress_rule"))?
+            }
+            _ => continue,
+        };
+        let Some(id) = id else {
+            say!("not found in AWS: {address}");
+            continue;
+        };
+        let out = tf.import(address, &id)?;
+        if !out.success() {
+            bail!("`terraform import {address} {id}` failed:\n{}", out.tail(15));
+        }
+        say!("imported {address} ({id})");
+        imported.push(address.to_owned());
+    }
+    Ok(imported)
+}
+
+fn ec2_error(call: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("EC2 {call} failed while adopting security groups: {e}. Run `casey-deploy infra` again")
+}
+
+/// The id of the security group a plan names (name and VPC).
+fn group_id(ctx: &Ctx, ec2: &aws_sdk_ec2::Client, after: &Value) -> Result<Option<String>> {
+    use aws_sdk_ec2::types::Filter;
+    let (Some(name), Some(vpc)) = (after["name"].as_str(), after["vpc_id"].as_str()) else { return Ok(None) };
+    let found = ctx
+        .block_on(
+            ec2.describe_security_groups()
+                .filters(Filter::builder().name("group-name").values(name).build())
+                .filters(Filter::builder().name("vpc-id").values(vpc).build())
+                .send(),
+        )
+        .map_err(|e| ec2_error("DescribeSecurityGroups", crate::aws::error_text(&e)))?;
+    Ok(found.security_groups().first().and_then(|g| g.group_id()).map(str::to_owned))
+}
+
+/// The id of the rule of a group that matches a planned rule.
+fn rule_id(ctx: &Ctx, ec2: &aws_sdk_ec2::Client, after: &Value, egress: bool) -> Result<Option<String>> {
+    use aws_sdk_ec2::types::Filter;
+    let Some(group) = after["security_group_id"].as_str() else { return Ok(None) };
+    let found = ctx
+        .block_on(
+            ec2.describe_security_group_rules()
+                .filters(Filter::builder().name("group-id").values(group).build())
+                .send(),
+        )
+        .map_err(|e| ec2_error("DescribeSecurityGroupRules", crate::aws::error_text(&e)))?;
+    let port = |key: &str| after[key].as_i64().map(|p| p as i32);
+    let rule = found.security_group_rules().iter().find(|r| {
+        r.is_egress() == Some(egress)
+            && r.ip_protocol() == after["ip_protocol"].as_str()
+            && r.from_port() == port("from_port")
+            && r.to_port() == port("to_port")
+            && r.cidr_ipv4() == after["cidr_ipv4"].as_str()
+            && r.referenced_group_info().and_then(|g| g.group_id()) == after["referenced_security_group_id"].as_str()
+    });
+    Ok(rule.and_then(|r| r.security_group_rule_id()).map(str::to_owned))
 }
 
 /// First apply only (no admin attachment in the state): apply the admin's

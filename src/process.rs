@@ -2,16 +2,21 @@
 //!
 //! - Output is streamed line by line to stderr (stdout stays for results) and
 //!   kept, so callers can recognise known failures. Every line is redacted.
-//! - Signals: terraform runs in our process group, so a Ctrl-C at a terminal
-//!   already reaches it; sending it again would be terraform's "second
-//!   interrupt" (exit at once, state possibly locked). We therefore forward only
-//!   signals that another process sent us (kill, CI), wait for the child to
-//!   stop, and then refuse to start any further step.
+//! - Signals: every child runs in a process group of its own, so a signal
+//!   to our group (a terminal's Ctrl-C, GNU `timeout`, a CI runner cancelling
+//!   the job) reaches only this process, which forwards it exactly once. A
+//!   signal that reached terraform twice would be terraform's "second
+//!   interrupt": exit at once, state possibly locked, changes in progress
+//!   unrecorded. Then we wait for the child to stop and start no further step.
+//!   A child whose parent dies (SIGKILL) gets SIGINT from the kernel, so
+//!   terraform still stops cleanly instead of running on unsupervised.
+//! - Environment: every child gets the AWS credentials the identity guard
+//!   checked (see [`set_child_env`]), not whatever it would resolve itself.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
@@ -23,17 +28,34 @@ static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 static REMOVE_ON_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
 
+/// Variables to set (`Some`) or remove (`None`) in every child's environment,
+/// asked for again before each start (so credentials can be refreshed).
+pub type ChildEnv = Box<dyn Fn() -> Result<Vec<(String, Option<String>)>> + Send + Sync>;
+static CHILD_ENV: OnceLock<ChildEnv> = OnceLock::new();
+
+/// Give every child from now on the environment `env` returns. Set once,
+/// after the identity guard passed.
+pub fn set_child_env(env: ChildEnv) {
+    let _ = CHILD_ENV.set(env);
+}
+
 /// The error a step returns when the user (or a supervisor) interrupted it.
 #[derive(Debug)]
 pub struct Interrupted {
     pub signal: i32,
     /// The child that was running, and how it ended.
     pub child: Option<(String, Option<i32>)>,
+    /// For terraform: whether its state lock file remained, and whether it
+    /// said it stopped at once (a second interrupt).
+    pub lock_left: Option<bool>,
+    pub abrupt: bool,
+    /// It was changing resources (terraform apply or import).
+    pub applying: bool,
 }
 
 impl Interrupted {
     fn new(signal: i32) -> Self {
-        Interrupted { signal, child: None }
+        Interrupted { signal, child: None, lock_left: None, abrupt: false, applying: false }
     }
 }
 
@@ -41,17 +63,33 @@ impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = if self.signal == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
         write!(f, "interrupted by {name}; no further step was started")?;
-        match &self.child {
-            Some((program, Some(code))) if program == "terraform" => write!(
-                f,
-                ". terraform stopped by itself (exit code {code}) and released its state lock; run the same command again to continue"
-            ),
-            Some((program, None)) if program == "terraform" => write!(
-                f,
-                ". terraform was killed before it could clean up: the state may still be locked. Run `casey-deploy infra`; if it reports a lock, it prints the `terraform force-unlock` command"
-            ),
-            _ => Ok(()),
+        let Some((program, code)) = &self.child else { return Ok(()) };
+        if program != "terraform" {
+            return Ok(());
         }
+        match code {
+            Some(code) => write!(f, ". terraform stopped (exit code {code})")?,
+            None => write!(f, ". terraform was killed before it could clean up")?,
+        }
+        if self.abrupt {
+            write!(f, " at once, on a second interrupt, without waiting for the changes in progress")?;
+        } else if code.is_some() {
+            write!(f, " after finishing the changes in progress")?;
+        }
+        match (self.lock_left, code) {
+            (Some(true), _) | (None, None) => write!(
+                f,
+                "; the state may still be locked (its lock file remains). Run `casey-deploy infra`: if it reports the lock, it prints the `terraform force-unlock` command"
+            )?,
+            _ => write!(f, "; it released its state lock")?,
+        }
+        if self.applying {
+            write!(
+                f,
+                ". Resources it was creating when it stopped may exist in AWS without being in the state: the next `casey-deploy infra` adopts them"
+            )?;
+        }
+        write!(f, ". Run the same command again to continue")
     }
 }
 
@@ -68,24 +106,31 @@ pub fn install_signal_handler() -> Result<()> {
     std::thread::spawn(move || {
         for origin in signals.forever() {
             let signal = origin.signal;
+            // Under the lock: a child registering now either is in the list
+            // (and gets the signal here) or sees the flag (and gets it there).
+            let pids = CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner());
             INTERRUPTED_BY.store(signal, Ordering::SeqCst);
-            let pids = CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if pids.is_empty() {
+                drop(pids);
                 crate::say!("casey-deploy: {}", Interrupted::new(signal));
                 exit(128 + signal);
             }
-            // A terminal's Ctrl-C has no sending process and already reached
-            // the child through the process group.
-            if origin.process.is_some() {
-                for pid in &pids {
-                    // SAFETY: kill(2) has no memory-safety preconditions.
-                    unsafe { libc::kill(*pid as libc::pid_t, signal) };
-                }
-            }
+            // The children are in process groups of their own: whoever sent
+            // this (a terminal, a supervisor signalling our group, a kill of
+            // our pid), it reached none of them. Forward it once.
+            forward(&pids, signal);
+            drop(pids);
             crate::say!("casey-deploy: interrupt received; waiting for the running command to stop cleanly");
         }
     });
     Ok(())
+}
+
+fn forward(pids: &[u32], signal: i32) {
+    for pid in pids {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(*pid as libc::pid_t, signal) };
+    }
 }
 
 /// Remove `path` (a file or a folder) if the process is ended by a signal
@@ -148,11 +193,19 @@ pub struct Command {
     dir: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
     stream: bool,
+    lock_file: Option<PathBuf>,
 }
 
 impl Command {
     pub fn new(program: &str) -> Self {
-        Command { program: program.to_owned(), args: Vec::new(), dir: None, stdin: None, stream: true }
+        Command { program: program.to_owned(), args: Vec::new(), dir: None, stdin: None, stream: true, lock_file: None }
+    }
+
+    /// The lock file the child holds while it runs (terraform's local state
+    /// lock): an interrupt reports whether it remained.
+    pub fn lock_file(mut self, path: PathBuf) -> Self {
+        self.lock_file = Some(path);
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -199,6 +252,26 @@ impl Command {
         if let Some(dir) = &self.dir {
             expr = expr.dir(dir);
         }
+        if let Some(env) = CHILD_ENV.get() {
+            for (key, value) in env()? {
+                expr = match value {
+                    Some(value) => expr.env(key, value),
+                    None => expr.env_remove(key),
+                };
+            }
+        }
+        expr = expr.before_spawn(|cmd| {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+            // SAFETY: prctl(2) only; async-signal-safe, no allocation.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                    Ok(())
+                });
+            }
+            Ok(())
+        });
         expr = match &self.stdin {
             Some(bytes) => expr.stdin_bytes(bytes.clone()),
             None => expr.stdin_null(),
@@ -206,7 +279,15 @@ impl Command {
         let output = if self.stream { self.run_streaming(expr)? } else { self.run_quiet(expr)? };
         match INTERRUPTED_BY.load(Ordering::SeqCst) {
             0 => Ok(output),
-            signal => Err(Interrupted { signal, child: Some((self.program.clone(), output.code)) }.into()),
+            signal => Err(Interrupted {
+                signal,
+                child: Some((self.program.clone(), output.code)),
+                lock_left: self.lock_file.as_ref().map(|f| f.exists()),
+                abrupt: output.stdout.contains("Two interrupts received")
+                    || output.stderr.contains("Two interrupts received"),
+                applying: self.program == "terraform" && self.args.iter().any(|a| a == "apply" || a == "import"),
+            }
+            .into()),
         }
     }
 
@@ -279,7 +360,13 @@ struct ChildGuard(Vec<u32>);
 
 impl ChildGuard {
     fn new(pids: Vec<u32>) -> Self {
-        CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner()).extend(&pids);
+        let mut all = CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner());
+        all.extend(&pids);
+        // A signal that came while the child was being started.
+        match INTERRUPTED_BY.load(Ordering::SeqCst) {
+            0 => {}
+            signal => forward(&pids, signal),
+        }
         ChildGuard(pids)
     }
 }

@@ -88,6 +88,126 @@ pub fn sweep_stale_plans(tf_dir: &Path) {
     }
 }
 
+/// The marker of an apply in progress: `.terraform/<this>`, holding the pid
+/// of the casey-deploy that runs it and when it started.
+const APPLY_MARKER: &str = "casey-deploy.apply-in-progress";
+
+struct ApplyMarker(PathBuf);
+
+impl ApplyMarker {
+    fn write(tf_dir: &Path) -> Result<ApplyMarker> {
+        let dir = tf_dir.join(".terraform");
+        std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+        let path = dir.join(APPLY_MARKER);
+        let started =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        std::fs::write(&path, format!("{} {started}\n", std::process::id()))
+            .with_context(|| format!("could not write {}", path.display()))?;
+        Ok(ApplyMarker(path))
+    }
+
+    fn remove(self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether terraform's errors say answers were lost (the connection failed
+/// while requests were in flight): a create may then have succeeded in AWS
+/// without terraform learning of it.
+fn lost_answers(out: &Output) -> bool {
+    let text = format!("{}{}", out.stdout, out.stderr);
+    [
+        "connection refused",
+        "connection reset",
+        "broken pipe",
+        "unexpected EOF",
+        ": EOF",
+        "i/o timeout",
+        "context canceled",
+        "context deadline exceeded",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
+/// An apply that did not end by itself: its casey-deploy (pid) is gone and
+/// its marker remained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterruptedApply {
+    pub pid: u32,
+    /// Seconds since the epoch.
+    pub started: u64,
+}
+
+impl InterruptedApply {
+    /// How long ago it started, for the user.
+    pub fn ago(&self) -> String {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let secs = now.saturating_sub(self.started);
+        match secs {
+            0..=119 => format!("{secs} s ago"),
+            120..=7199 => format!("{} min ago", secs / 60),
+            _ => format!("{} h ago", secs / 3600),
+        }
+    }
+}
+
+/// The marker of an apply whose process is gone, if there is one. The
+/// marker of a live run (another casey-deploy applying now) is not.
+pub fn interrupted_apply(tf_dir: &Path) -> Option<InterruptedApply> {
+    let text = std::fs::read_to_string(tf_dir.join(".terraform").join(APPLY_MARKER)).ok()?;
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse::<u32>().ok()?;
+    let started = words.next().and_then(|w| w.parse().ok()).unwrap_or_default();
+    (pid != std::process::id() && !crate::process::alive(pid)).then_some(InterruptedApply { pid, started })
+}
+
+/// Terraform rewrites its local state file in place while it applies; killed
+/// at that moment it leaves the file empty or cut short. After an apply that
+/// did not end by itself, such a file is replaced by `terraform.tfstate.backup`
+/// (the state as that apply found it; the broken file is kept beside it) and
+/// what the apply created is adopted by the next `infra`. Runs before the
+/// identity guard reads the state's account.
+pub fn recover_state(tf_dir: &Path) -> Result<()> {
+    let Some(earlier) = interrupted_apply(tf_dir) else { return Ok(()) };
+    let Some(state) = crate::outputs::local_state(tf_dir) else { return Ok(()) };
+    let text = std::fs::read_to_string(&state).unwrap_or_default();
+    if serde_json::from_str::<Value>(&text).is_ok() {
+        return Ok(());
+    }
+    let backup = state.with_file_name("terraform.tfstate.backup");
+    let saved = std::fs::read_to_string(&backup).ok().filter(|t| serde_json::from_str::<Value>(t).is_ok());
+    let Some(saved) = saved else {
+        bail!(
+            "{} was left {} by an apply that was killed while terraform wrote it (casey-deploy pid {}), and there is no usable {} to restore: restore the state from your own copy, then run `casey-deploy infra`",
+            state.display(),
+            if text.is_empty() { "empty" } else { "cut short" },
+            earlier.pid,
+            backup.display()
+        );
+    };
+    let broken = state.with_file_name(format!("terraform.tfstate.broken-{}", earlier.pid));
+    std::fs::rename(&state, &broken).with_context(|| format!("could not move {} aside", state.display()))?;
+    std::fs::write(&state, saved).with_context(|| format!("could not restore {}", state.display()))?;
+    crate::say!(
+        "{} was left {} by the apply that was killed (pid {}): restored {}, the state as that apply found it (the broken file is kept as {}); what the apply created is adopted when it is met",
+        state.display(),
+        if text.is_empty() { "empty" } else { "cut short" },
+        earlier.pid,
+        backup.display(),
+        broken.display()
+    );
+    Ok(())
+}
+
+/// The interrupted apply was made good: forget its marker.
+pub fn clear_interrupted_apply(tf_dir: &Path, seen: &InterruptedApply) {
+    if interrupted_apply(tf_dir).as_ref() == Some(seen) {
+        let _ = std::fs::remove_file(tf_dir.join(".terraform").join(APPLY_MARKER));
+    }
+}
+
 /// The result of `plan -detailed-exitcode`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
@@ -116,8 +236,10 @@ impl Terraform {
 
     /// `terraform -chdir=DIR <words…> [-no-color]`.
     fn cmd(&self, words: &[&str]) -> Command {
-        let mut cmd =
-            Command::new("terraform").arg(format!("-chdir={}", self.dir.display())).args(words.iter().copied());
+        let mut cmd = Command::new("terraform")
+            .arg(format!("-chdir={}", self.dir.display()))
+            .args(words.iter().copied())
+            .lock_file(self.dir.join(".terraform.tfstate.lock.info"));
         if !std::io::stderr().is_terminal() {
             cmd = cmd.arg("-no-color");
         }
@@ -161,13 +283,20 @@ impl Terraform {
         serde_json::from_str(&out.stdout).context("`terraform show -json` printed something that is not JSON")
     }
 
-    /// Apply exactly the saved plan.
+    /// Apply exactly the saved plan. While it runs, a marker under
+    /// `.terraform/` says so: an apply that does not end by itself (a signal,
+    /// a crash, a lost connection) may have created resources it never
+    /// recorded, and the next `infra` adopts them (see [`interrupted_apply`]).
     pub fn apply(&self, plan_file: &PlanFile) -> Result<Output> {
+        let marker = ApplyMarker::write(&self.dir)?;
         let out = self
             .cmd(&["apply"])
             .args(["-input=false", "-lock-timeout=10s"])
             .arg(plan_file.path().display().to_string())
             .run()?;
+        if out.success() || !lost_answers(&out) {
+            marker.remove();
+        }
         if !out.success() {
             return Err(Failure::new("terraform apply", out).into());
         }
@@ -244,6 +373,21 @@ impl Failure {
         addresses
     }
 
+    /// The endpoint terraform could not reach (`dial tcp HOST: connect:
+    /// connection refused`, a reset, a timeout), when that is what failed.
+    fn unreachable(&self) -> Option<String> {
+        let needles = ["connection refused", "connection reset", "i/o timeout", "no such host"];
+        let line = self.output.lines().find(|l| needles.iter().any(|n| l.contains(n)))?;
+        let endpoint = line
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c| c == '"' || c == ',' || c == ':'))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            // scheme://host[:port]
+            .map(|w| w.splitn(4, '/').take(3).collect::<Vec<_>>().join("/"))
+            .unwrap_or_else(|| "the AWS endpoint".to_owned());
+        Some(endpoint)
+    }
+
     fn lock_id(&self) -> Option<String> {
         if !self.output.contains("Error acquiring the state lock") {
             return None;
@@ -267,6 +411,11 @@ impl Failure {
                 "this AWS account may not create load balancers yet. That is an account-level restriction, not an IAM permission: open a case with AWS Support to enable Application Load Balancers.\nUntil then, deploy without the ALB: `casey-deploy infra --var enable_alb=false`, then `casey-deploy backend-url` for the task's address"
                     .to_owned(),
             );
+        }
+        if let Some(endpoint) = self.unreachable() {
+            return Some(format!(
+                "terraform lost the connection to {endpoint} while it worked. What it finished is in the state; anything it was creating may exist without being recorded, and the next `casey-deploy infra` adopts it. Once the endpoint answers again, run `casey-deploy infra`"
+            ));
         }
         if let Some(id) = self.lock_id() {
             return Some(format!(

@@ -3,6 +3,8 @@
 # with AWS_ENDPOINT_URL.
 provider "aws" {
   region = var.aws_region
+  # Set by casey-deploy when the account is pinned; null means no pin.
+  allowed_account_ids = length(var.allowed_account_ids) > 0 ? var.allowed_account_ids : null
 
   default_tags {
     tags = merge(var.tags, {

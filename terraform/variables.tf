@@ -14,6 +14,18 @@ variable "aws_region" {
   }
 }
 
+variable "allowed_account_ids" {
+  description = "The only AWS account ids the provider may touch (12 digits each); terraform refuses any other account before it changes anything. casey-deploy passes the account it pinned (--account, CASEY_AWS_ACCOUNT_ID, or the account the applied stack lives in). Default: [] (no pin)."
+  type        = list(string)
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for id in var.allowed_account_ids : can(regex("^[0-9]{12}$", id))])
+    error_message = "allowed_account_ids must hold 12-digit AWS account ids, such as [\"123456789012\"]."
+  }
+}
+
 variable "environment" {
   description = "Environment name, used for the Environment tag: lowercase letters, digits and dashes, 1-32 characters (e.g. \"production\", \"staging\"). Default: \"production\"."
   type        = string

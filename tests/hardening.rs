@@ -594,3 +594,261 @@ fn only_the_pinned_account_may_deploy() {
     write_state_with_account(&project.tf_dir(), ours);
     project.casey(&["whoami"]).assert_ok();
 }
+
+// ------------------------------------------- 4. one set of checked credentials
+
+/// A `credential_process` script that counts its runs in `count` and answers
+/// with `first` on its first run and `later` on every run after.
+fn counting_credential_process(dir: &Path, first: &str, later: &str) -> (PathBuf, PathBuf) {
+    let count = dir.join("credential-process.count");
+    let script = dir.join("credential-process.sh");
+    std::fs::write(dir.join("first.json"), first).unwrap();
+    std::fs::write(dir.join("later.json"), later).unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(cat '{count}' 2>/dev/null || echo 0)\nn=$((n + 1))\necho $n > '{count}'\nif [ $n -eq 1 ]; then cat '{dir}/first.json'; else cat '{dir}/later.json'; fi\n",
+            count = count.display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).unwrap();
+    (script, count)
+}
+
+fn process_answer(keys: &Keys, expires_in: Option<u64>) -> String {
+    let mut answer = serde_json::json!({
+        "Version": 1,
+        "AccessKeyId": keys.access_key_id,
+        "SecretAccessKey": keys.secret_access_key,
+    });
+    if let Some(seconds) = expires_in {
+        let at = std::time::SystemTime::now() + Duration::from_secs(seconds);
+        let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let out = Command::new("date").args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+        answer["Expiration"] = String::from_utf8(out.stdout).unwrap().trim().into();
+    }
+    answer.to_string()
+}
+
+fn runs_of(count: &Path) -> usize {
+    std::fs::read_to_string(count).map(|t| t.trim().parse().unwrap()).unwrap_or(0)
+}
+
+/// A fake container credentials endpoint (no real ECS agent runs here): it
+/// only counts the connections a client makes to it.
+fn counting_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/creds", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            seen.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (url, hits)
+}
+
+#[test]
+fn the_credentials_the_guard_checked_are_the_only_ones_used() {
+    let emulator = Emulator::start();
+    let project = Project::with_keys(&emulator, None);
+    write_private(&project.tf_dir().join(".env"), "AWS_REGION=us-east-1\n");
+    let (admin, service) = (emulator.admin(), emulator.service());
+    // The profile's process answers the admin first and the service
+    // account after; every other source would be someone else too.
+    let (script, count) =
+        counting_credential_process(project.path(), &process_answer(admin, None), &process_answer(service, None));
+    let config = project.path().join("aws-config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile casey-admin]\ncredential_process = {s}\n\n[default]\ncredential_process = {s}\n",
+            s = script.display()
+        ),
+    )
+    .unwrap();
+    let token = project.path().join("web-identity-token");
+    std::fs::write(&token, "eyJhbGciOiJub25lIn0.eyJzdWIiOiJvdGhlciJ9.").unwrap();
+    let (container_uri, container_hits) = counting_listener();
+
+    // Only the admin may do anything: IAM enforcement with the admin allowed
+    // everything and the service account (and any role) nothing.
+    emulator.control("POST", "/_casey/iam/propagation", &serde_json::json!({"seconds": 0}));
+    emulator.aws(&[
+        "iam",
+        "attach-user-policy",
+        "--user-name",
+        common::ADMIN,
+        "--policy-arn",
+        "arn:aws:iam::aws:policy/AdministratorAccess",
+    ]);
+    emulator.control("POST", "/_casey/iam/enforce", &serde_json::json!({"enabled": true}));
+
+    let run = project.casey_with(
+        &["infra", "--yes"],
+        &[
+            ("AWS_CONFIG_FILE", config.to_str().unwrap()),
+            ("AWS_PROFILE", "casey-admin"),
+            ("AWS_ROLE_ARN", &format!("arn:aws:iam::{}:role/someone-else", emulator.account_id)),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+            ("AWS_ROLE_SESSION_NAME", "someone-else"),
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", &container_uri),
+        ],
+    );
+    run.assert_ok();
+    assert!(run.stderr.contains(&format!("caller: {} ", admin.arn)), "{}", run.stderr);
+    assert!(run.stderr.contains("Apply complete"), "terraform applied, signed by the admin:\n{}", run.stderr);
+    assert_eq!(runs_of(&count), 1, "the credential process runs once per run:\n{}", run.stderr);
+    assert_eq!(container_hits.load(Ordering::SeqCst), 0, "no child asked the container credentials endpoint");
+    assert_clean(&run, &[&service.secret_access_key]);
+    emulator.control("POST", "/_casey/iam/enforce", &serde_json::json!({"enabled": false}));
+    let clusters = emulator.aws(&["ecs", "list-clusters"]);
+    assert_eq!(clusters["clusterArns"].as_array().unwrap().len(), 1, "the stack was applied");
+}
+
+#[test]
+fn credentials_that_expire_are_resolved_again_and_must_stay_the_admins() {
+    let emulator = Emulator::start();
+    let project = Project::with_keys(&emulator, None);
+    write_private(&project.tf_dir().join(".env"), "AWS_REGION=us-east-1\nAWS_PROFILE=casey-admin\n");
+    let (admin, service) = (emulator.admin(), emulator.service());
+    let config = project.path().join("aws-config");
+    let env = |config: &Path| vec![("AWS_CONFIG_FILE", config.to_str().unwrap().to_owned())];
+
+    // Short-lived admin credentials, and the admin again when asked again:
+    // the run resolves them again through the same provider and goes on.
+    let (script, count) =
+        counting_credential_process(project.path(), &process_answer(admin, Some(8)), &process_answer(admin, Some(8)));
+    std::fs::write(&config, format!("[profile casey-admin]\ncredential_process = {}\n", script.display())).unwrap();
+    let vars = env(&config);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = project.casey_with(&["infra", "--yes"], &vars);
+    run.assert_ok();
+    assert!(run.stderr.contains("credentials resolved again before they expire"), "{}", run.stderr);
+    assert!(runs_of(&count) >= 2, "expiring credentials are resolved again: {}", runs_of(&count));
+
+    // Resolved again, they belong to the service account: refused, unused.
+    std::fs::remove_file(&count).unwrap();
+    let (_, count) = counting_credential_process(
+        project.path(),
+        &process_answer(admin, Some(6)),
+        &process_answer(service, Some(3600)),
+    );
+    let run = project.casey_with(&["infra", "--yes"], &vars);
+    run.assert_fails_with(&format!("the credentials resolved again belong to {}", service.arn));
+    assert!(run.stderr.contains(&format!("not to {} that was checked at the start", admin.arn)), "{}", run.stderr);
+    assert_eq!(runs_of(&count), 2, "{}", run.stderr);
+    assert_clean(&run, &[&service.secret_access_key, &admin.secret_access_key]);
+}
+
+// ------------------------------------------ 7./8. interrupted applies recover
+
+/// Every live descendant of `pid` (children first found through /proc).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = vec![pid];
+    let mut found = Vec::new();
+    while let Some(parent) = parents.pop() {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid == Some(parent) && !found.contains(&child) {
+                found.push(child);
+                parents.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// `infra --yes` in a process group of its own (as a CI job runs it), its
+/// output collected; waits until the main apply has created something.
+fn infra_until_created(project: &Project) -> (Child, Arc<Mutex<String>>) {
+    let mut child = project
+        .command(&["infra", "--yes"])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    wait_for(&mut child, &stderr, "==> terraform apply (the saved plan)", Duration::from_secs(300));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = stderr.lock().unwrap().clone();
+        let main = &text[text.find("==> terraform apply (the saved plan)").unwrap()..];
+        if main.contains("Creation complete") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the apply created nothing:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, stderr)
+}
+
+#[test]
+fn after_a_killed_apply_the_next_run_converges_by_itself() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    let (mut child, stderr) = infra_until_created(&project);
+    // The whole job dies at once (an OOM kill, a runner killed with -9):
+    // terraform and its provider first, so nothing gets to record anything.
+    let pid = child.id();
+    for process in descendants(pid).into_iter().rev() {
+        unsafe { libc::kill(process as libc::pid_t, libc::SIGKILL) };
+    }
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    child.wait().unwrap();
+    let killed = stderr.lock().unwrap().clone();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let run = project.casey(&["infra", "--yes"]);
+    run.assert_ok();
+    assert!(
+        run.stderr.contains(&format!("an earlier apply (casey-deploy pid {pid}")),
+        "the run says what it found:\n{}\n--- the killed run:\n{killed}",
+        run.stderr
+    );
+    if run.stderr.contains("already exist") {
+        assert!(run.stderr.contains(&format!("the interrupted apply (pid {pid}) created")), "{}", run.stderr);
+        assert!(run.stderr.contains("imported "), "{}", run.stderr);
+    }
+    // The image arrives; the service follows; then nothing is left to do.
+    emulator.put_image("casey-backend", "latest");
+    project.casey(&["infra", "--yes"]).assert_ok();
+    let run = project.casey(&["infra"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("No changes"), "{}", run.stderr);
+    assert!(!run.stderr.contains("an earlier apply"), "the marker is gone once converged: {}", run.stderr);
+}
+
+#[test]
+fn a_signal_to_the_whole_process_group_reaches_terraform_once() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    let (mut child, stderr) = infra_until_created(&project);
+    // As GNU `timeout` or a CI runner does: the signal goes to the group.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGINT) };
+    let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let text = stderr.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(text.contains("Interrupt received"), "terraform was told once:\n{text}");
+    assert!(text.contains("Gracefully shutting down"), "{text}");
+    assert!(!text.contains("Two interrupts received"), "terraform got the signal twice:\n{text}");
+    assert!(text.contains("after finishing the changes in progress; it released its state lock"), "{text}");
+    assert!(!project.tf_dir().join(".terraform.tfstate.lock.info").exists(), "the lock is released");
+    let secrets: Vec<&str> = project.secrets.iter().map(String::as_str).collect();
+    assert_clean(&Run { code: status.code(), stdout: String::new(), stderr: text }, &secrets);
+
+    project.apply_stack(&emulator);
+    let run = project.casey(&["infra"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("No changes"), "{}", run.stderr);
+}
