@@ -150,3 +150,18 @@ pub(crate) fn find_project(explicit: Option<&Path>) -> Result<PathBuf> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_account_reaches_terraform_as_allowed_account_ids() {
+        let principals = Principals { admin_user: "a".into(), service_user: "s".into(), admin_principal: None };
+        let unpinned = base_vars("us-east-1", &principals, None);
+        assert!(unpinned.iter().all(|(k, _)| k != "allowed_account_ids"), "{unpinned:?}");
+        let pin = identity::Pin { account: "123456789012".into(), source: "test".into() };
+        let pinned = base_vars("us-east-1", &principals, Some(&pin));
+        assert!(pinned.contains(&("allowed_account_ids".into(), r#"["123456789012"]"#.into())), "{pinned:?}");
+    }
+}

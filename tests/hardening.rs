@@ -852,3 +852,29 @@ fn a_signal_to_the_whole_process_group_reaches_terraform_once() {
     run.assert_ok();
     assert!(run.stderr.contains("No changes"), "{}", run.stderr);
 }
+
+// ---------------------------------------- 5b. terraform pins the account too
+
+#[test]
+fn terraform_refuses_an_account_outside_allowed_account_ids_on_its_own() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    let ours = emulator.account_id.as_str();
+
+    // Before the first apply an explicit allowed_account_ids pins it: the
+    // guard knows nothing of it, terraform refuses before any change.
+    let run = project.casey(&["infra", "--yes", "--var", r#"allowed_account_ids=["111111111111"]"#]);
+    run.assert_fails_with(&format!("AWS account ID not allowed: {ours}"));
+    assert_eq!(emulator.aws(&["ecs", "list-clusters"])["clusterArns"], serde_json::json!([]));
+    assert_eq!(emulator.aws(&["iam", "list-policies", "--scope", "Local"])["Policies"], serde_json::json!([]));
+
+    // Only 12-digit ids.
+    let run = project.casey(&["infra", "--yes", "--var", r#"allowed_account_ids=["12345"]"#]);
+    run.assert_fails_with("allowed_account_ids must hold 12-digit AWS account ids");
+
+    // The tool's pin reaches terraform as a valid list: the plan runs
+    // (without a terminal and --yes, nothing is applied).
+    let run = project.casey(&["--account", ours, "infra"]);
+    run.assert_fails_with("there is no terminal to confirm the apply");
+    assert!(run.stderr.contains("Plan: "), "{}", run.stderr);
+}
