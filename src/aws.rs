@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use aws_config::identity::IdentityCache;
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::provider::error::CredentialsError;
@@ -29,6 +30,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// call as a whole. AWS answers the calls this tool makes in well under a
 /// second; a silent endpoint must not hang a deploy.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Attempts per call (the SDK's default is 3). A deploy makes a few dozen
+/// calls and can wait out a burst of throttling or 5xx answers (backoff
+/// with jitter, within [`OPERATION_TIMEOUT`]) rather than fail half way.
+pub const MAX_ATTEMPTS: u32 = 5;
 /// One call, all its retries included.
 pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -71,7 +76,12 @@ async fn load_chain() -> Result<SdkConfig> {
         .operation_attempt_timeout(ATTEMPT_TIMEOUT)
         .operation_timeout(OPERATION_TIMEOUT)
         .build();
-    Ok(aws_config::defaults(BehaviorVersion::latest()).http_client(http).timeout_config(timeouts).load().await)
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http).timeout_config(timeouts);
+    // AWS_MAX_ATTEMPTS or AWS_RETRY_MODE, when set, decide instead.
+    if std::env::var_os("AWS_MAX_ATTEMPTS").is_none() && std::env::var_os("AWS_RETRY_MODE").is_none() {
+        loader = loader.retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
+    }
+    Ok(loader.load().await)
 }
 
 /// Resolve again when less than this remains of the credentials' life (or
