@@ -303,6 +303,7 @@ class TaskRun:
     def __init__(self, task: Task, config: dict, container: dict, port: int | None, bind_ip: str, env: dict):
         self.config, self.port, self.bind_ip, self.env = config, port, bind_ip, env
         self.task_id, self.container_name, self.image = task.id, container.get("name"), container.get("image")
+        self.container = container  # the container definition: the Docker path applies its filesystem settings
         self.log_file = os.path.join(config["log_dir"], f"{task.id}.log")
         self.pid = self.container_id = self.exit_code = None
         self.healthy = False
@@ -510,7 +511,8 @@ class DockerRun(TaskRun):
             raise TaskStartError("Task stopped before its container started")
         # `-e NAME` takes the value from the CLI's own environment: no secret on a command line.
         env_args = [arg for key in self.env for arg in ("-e", key)]
-        run = self._docker("run", "-d", "--pull", "never", "--network", "host", "--name", name, *env_args, image,
+        run = self._docker("run", "-d", "--pull", "never", "--network", "host", "--name", name, *env_args,
+                           *self._filesystem_args(image), image,
                            env={**os.environ, **self.env}, timeout=120)
         if run.returncode:
             self._docker("rm", "-f", name, timeout=60)  # a container that was created but did not start
@@ -522,6 +524,21 @@ class DockerRun(TaskRun):
         self.waiter = subprocess.Popen(["docker", "--config", self._login(), "wait", self.container_id],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.DEVNULL, text=True)
+
+    def _filesystem_args(self, image: str) -> list[str]:
+        """readonlyRootFilesystem and mountPoints as the ECS agent applies them. A mount of a task volume
+        without host/EFS settings is Fargate task storage: ECS fills it with the image's directory, permissions
+        included, only when the image declares that path a VOLUME; otherwise it is an empty directory owned by
+        root, mode 0755 (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/bind-mounts.html)."""
+        args = ["--read-only"] if self.container.get("readonlyRootFilesystem") else []
+        inspect = self._docker("image", "inspect", "--format", "{{json .Config.Volumes}}", image, timeout=60)
+        volumes = json.loads(inspect.stdout or "null") or {}
+        for mount in self.container.get("mountPoints") or []:
+            path = mount["containerPath"]
+            spec = (f"type=volume,destination={path}" if path in volumes  # docker copies the image's directory
+                    else f"type=tmpfs,destination={path},tmpfs-mode=0755")  # root's, empty
+            args += ["--mount", spec + (",readonly" if mount.get("readOnly") else "")]
+        return args
 
     def _exec(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
         """The health check inside the container, as the ECS agent runs it (docker exec)."""
@@ -539,7 +556,7 @@ class DockerRun(TaskRun):
         if self.container_id is None:
             return
         self._docker("stop", "-t", str(STOP_TIMEOUT), self.container_id, timeout=STOP_TIMEOUT + 30)
-        self._docker("rm", "-f", self.container_id, timeout=60)  # reaped: a stopped task leaves no container
+        self._docker("rm", "-f", "-v", self.container_id, timeout=60)  # reaped: no container, no volume left
         for helper in (getattr(self, "waiter", None), getattr(self, "logs", None)):  # both end with the container
             try:
                 helper and helper.wait(10)

@@ -131,6 +131,10 @@ pub struct ImageArgs {
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
 
+    /// Pass a build argument to `docker build` (repeatable), e.g. --build-arg RUST_IMAGE=registry.local/rust:1.95.0-slim-bookworm for base images from a mirror
+    #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_var)]
+    pub build_args: Vec<(String, String)>,
+
     /// Push to this registry (HOST[:PORT]) instead of the ECR host, e.g. a mirror or a local registry; it must accept the ECR credentials (user AWS). The repository path stays the ECR repository's name
     #[arg(long, value_name = "HOST[:PORT]")]
     pub registry: Option<String>,

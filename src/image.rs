@@ -34,6 +34,8 @@ use crate::{out, say};
 pub struct Image {
     pub context: PathBuf,
     pub dockerfile: PathBuf,
+    /// `docker build --build-arg` pairs.
+    pub build_args: Vec<(String, String)>,
     /// The immutable tag.
     pub tag: String,
     /// Registry host[:port] pushed to (the ECR host unless `--registry`).
@@ -51,12 +53,13 @@ impl Image {
     /// The image of `source` in the stack's repository (or `--registry`'s).
     pub fn from_source(source: Source, args: &ImageArgs, repo: &Repository) -> Image {
         let Source { context, dockerfile, tag } = source;
+        let build_args = args.build_args.clone();
         let registry = match &args.registry {
             Some(r) => r.trim_end_matches('/').trim_start_matches("https://").trim_start_matches("http://").to_owned(),
             None => repo.registry().to_owned(),
         };
         let repository = format!("{registry}/{}", repo.name());
-        Image { context, dockerfile, tag, registry, repository }
+        Image { context, dockerfile, build_args, tag, registry, repository }
     }
 
     /// `<repository>:<tag>`, the immutable reference.
@@ -228,6 +231,7 @@ pub fn build(image: &Image, quiet: bool) -> Result<()> {
         .args(["build", "--platform", "linux/amd64", "-f"])
         .arg(image.dockerfile.display().to_string())
         .args(["-t", &immutable, "-t", &latest])
+        .args(image.build_args.iter().flat_map(|(k, v)| ["--build-arg".to_owned(), format!("{k}={v}")]))
         .arg(image.context.display().to_string());
     if quiet {
         cmd = cmd.quiet();
@@ -240,8 +244,8 @@ pub fn build(image: &Image, quiet: bool) -> Result<()> {
         say!("{}", out.tail(40));
     }
     let all = format!("{}{}", out.stdout, out.stderr);
-    let hint = if all.contains("BuildKit") || all.contains("--mount") {
-        "this Dockerfile needs BuildKit: install Docker's buildx plugin (Debian: docker-buildx; Docker Desktop has it) and run again".to_owned()
+    let hint = if all.contains("buildx") || all.contains("--mount") {
+        "this Dockerfile needs BuildKit (`RUN --mount`): install Docker's buildx plugin, or build it without BuildKit features".to_owned()
     } else if all.contains("Cannot connect to the Docker daemon") {
         "the Docker engine stopped answering; start it and run again".to_owned()
     } else {

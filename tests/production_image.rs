@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{copy_terraform, free_port, http_get, python, repo_root, ws_round_trip, Run, ADMIN};
+use common::{copy_terraform, http_get, python, repo_root, ws_round_trip, Run, ADMIN};
 use serde_json::Value;
 
 const IMAGE: &str = "casey-local/backend-production:test";
@@ -187,15 +187,6 @@ impl Drop for LocalProject {
     }
 }
 
-/// A container this test started; removed on drop.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", "-v", &self.0]).output();
-    }
-}
-
 fn printed(run: &Run, key: &str) -> String {
     run.stdout
         .lines()
@@ -301,13 +292,22 @@ fn the_production_image_builds_offline_and_runs_as_the_sandbox_task() {
     );
     assert_eq!(inspect(IMAGE, "{{json .Config.Entrypoint}}"), r#"["/usr/local/bin/casey-backend"]"#);
 
-    // Deploy it with the tool. `image` has no --build-arg, so the tool builds
-    // a context whose Dockerfile is only `FROM` the image built above: docker
-    // gives that build the very same image id, so the task runs exactly it.
-    let wrapper = tempfile::tempdir().unwrap();
-    std::fs::write(wrapper.path().join("Dockerfile"), format!("FROM {IMAGE}\n")).unwrap();
+    // Deploy it with the tool: the same build (backend/, the same build
+    // arguments) hits the layer cache just filled, so the task runs exactly
+    // the image built above.
     let project = LocalProject::new();
-    let run = project.casey(&["all", "--local", "--context", wrapper.path().to_str().unwrap(), "--tag", "production"]);
+    let rust_arg = format!("RUST_IMAGE={rust_image}");
+    let runtime_arg = format!("RUNTIME_IMAGE={runtime_image}");
+    let run = project.casey(&[
+        "all",
+        "--local",
+        "--build-arg",
+        &rust_arg,
+        "--build-arg",
+        &runtime_arg,
+        "--tag",
+        "production",
+    ]);
     run.assert_ok();
     assert!(run.stderr.contains("tasks run as containers"), "not the Docker path:\n{}", run.stderr);
 
@@ -329,7 +329,25 @@ fn the_production_image_builds_offline_and_runs_as_the_sandbox_task() {
     let task: Vec<&str> = tasks.lines().collect();
     assert_eq!(task.len(), 1, "expected one task container, got: {tasks}");
     let task = task[0];
-    assert_eq!(inspect(task, "{{.Image}}"), built, "the task runs another image");
+    // The task runs the image the tool built and pushed (IMAGE=), and that
+    // is the production image: same base layer, user, health check and
+    // entrypoint as the reference build above. (The binary layer and the ids
+    // can differ: the engine may hold more than one cached chain, and two
+    // cargo builds of the same source are not byte-identical.)
+    let pushed = printed(&run, "IMAGE");
+    assert_eq!(inspect(task, "{{.Image}}"), image_id(&pushed).unwrap(), "the task runs another image than {pushed}");
+    for format in [
+        "{{index .RootFS.Layers 0}}",
+        "{{.Config.User}}",
+        "{{json .Config.Healthcheck}}",
+        "{{json .Config.Entrypoint}}",
+    ] {
+        assert_eq!(
+            inspect(&pushed, format),
+            inspect(&built, format),
+            "{pushed} differs from the reference build in {format}"
+        );
+    }
 
     // The task definition's health check, run in the container by the
     // sandbox as by the ECS agent, made the task HEALTHY; and docker's own
@@ -347,37 +365,12 @@ fn the_production_image_builds_offline_and_runs_as_the_sandbox_task() {
     // Read-only root with a writable /tmp, as the task definition asks
     // (readonlyRootFilesystem, and task storage mounted at /tmp). ECS gives
     // that mount the image's /tmp, permissions included, only because the
-    // image declares it a VOLUME (else it is root's 0755). The sandbox's
-    // runner does not apply those settings yet, so this runs the image with
-    // them itself (a docker volume copies the image's /tmp as ECS does),
-    // bound to another loopback port.
+    // image declares it a VOLUME (else it is root's 0755); the sandbox's
+    // runner applies both settings as the ECS agent does.
     assert_eq!(inspect(IMAGE, "{{json .Config.Volumes}}"), r#"{"/tmp":{}}"#);
-    let own_port = free_port();
-    let bind = format!("CASEY_BIND_ADDR=127.0.0.1:{own_port}");
-    let own = Container(docker(&[
-        "run",
-        "-d",
-        "--network",
-        "host",
-        "--read-only",
-        "--mount",
-        "type=volume,destination=/tmp",
-        "-e",
-        &bind,
-        IMAGE,
-    ]));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_get("127.0.0.1", own_port, "/health").map(|(s, _)| s) != Ok(200) {
-        assert!(
-            Instant::now() < deadline,
-            "the read-only container does not answer /health: {}",
-            docker(&["logs", &own.0])
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let root = format!("/proc/{}/root", pid_of(&own.0));
+    assert_eq!(inspect(task, "{{.HostConfig.ReadonlyRootfs}}"), "true");
+    let root = format!("/proc/{}/root", pid_of(task));
     let refused = touch_as_nonroot(&format!("{root}/probe")).expect_err("the root filesystem is writable");
     assert!(refused.contains("Read-only file system"), "{refused}");
     touch_as_nonroot(&format!("{root}/tmp/probe")).expect("/tmp is not writable for the image's user");
-    assert_eq!(inspect(&own.0, "{{.HostConfig.ReadonlyRootfs}}"), "true");
 }
