@@ -310,13 +310,19 @@ pub fn in_ecr(ctx: &Ctx, region: &str, name: &str, reference: &str) -> Result<bo
     match ctx.block_on(ecr.describe_images().repository_name(name).image_ids(id).send()) {
         Ok(out) => Ok(!out.image_details().is_empty()),
         Err(err) => match err.as_service_error() {
-            Some(DescribeImagesError::ImageNotFoundException(_) | DescribeImagesError::RepositoryNotFoundException(_)) => {
-                Ok(false)
+            Some(
+                DescribeImagesError::ImageNotFoundException(_) | DescribeImagesError::RepositoryNotFoundException(_),
+            ) => Ok(false),
+            _ => {
+                let next = match crate::aws::failure(&err) {
+                    crate::aws::Failure::Refused => "The admin needs ecr:DescribeImages on the repository",
+                    _ => "ECR is failing, throttling or unreachable (the SDK's retries are spent): run the same command again in a minute",
+                };
+                Err(anyhow!(
+                    "ECR DescribeImages of {name}:{reference} failed: {}\n{next}",
+                    crate::aws::error_text(&err)
+                ))
             }
-            _ => Err(anyhow!(
-                "ECR DescribeImages of {name}:{reference} failed: {}\nThe admin needs ecr:DescribeImages on the repository",
-                crate::aws::error_text(&err)
-            )),
         },
     }
 }
