@@ -16,11 +16,11 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::docker::{registry, stdout_value, unique, unique_context};
-use common::{python, repo_root, Emulator, Keys, Project, Run};
+use common::{drain, python, repo_root, Emulator, Keys, Project, Run};
 use serde_json::{json, Value};
 
 fn faults_left(emulator: &Emulator) -> Value {
@@ -100,21 +100,6 @@ impl Drop for EmulatorOnPort {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&text);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
 }
 
 #[test]

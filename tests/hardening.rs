@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{copy_terraform, Emulator, Keys, Project, Run};
+use common::{copy_terraform, drain, Emulator, Keys, Project, Run};
 
 /// A secret that only these tests use, beside the emulator's.
 const OTHER_SECRET: &str = "hardeningTestSecretValue/0123456789abcdefXYZ";
@@ -50,22 +50,6 @@ fn run_with_limit(mut cmd: Command, limit: Duration) -> (Run, Duration) {
         stderr: err.lock().unwrap().clone(),
     };
     (run, elapsed)
-}
-
-/// Read a pipe into a shared string on a thread.
-fn drain(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&text);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
 }
 
 /// Wait until `text` holds `needle` (or the child ended, or `limit` passed).
