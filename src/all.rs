@@ -37,6 +37,12 @@ pub fn run(ctx: &Ctx, args: &AllArgs) -> Result<()> {
     let resolved = result?;
     say!("Set this in the frontend's environment and redeploy it:");
     out!("NEXT_PUBLIC_WS_URL={}", resolved.url());
+    crate::output::summary(serde_json::json!({
+        "url": resolved.url(),
+        "release": summary.pushed,
+        "steps": summary.rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+        "seconds": started.elapsed().as_secs_f64(),
+    }));
     Ok(())
 }
 
@@ -98,6 +104,7 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
 
     let pushed = summary.step("push", || image::push(ctx, &image, &repo))?;
     image::print_pushed(&image, &pushed);
+    summary.pushed = Some(pushed.to_json(&image));
     let outputs =
         summary.step("rollout", || image::deploy(ctx, &args.image, &image, &args.infra.tf, args.infra.yes))?;
     if matches!(outcome, Outcome::WaitingForImage(_)) {
@@ -115,7 +122,9 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
 fn local_steps(ctx: &Ctx, sandbox: &Sandbox, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolved> {
     let outcome = summary.step("infra", || infra::run(ctx, &args.infra))?;
     summary.note("infra", outcome.note());
-    let outputs = summary.step("image", || sandbox::deploy_image(ctx, sandbox, &args.image, &args.infra.tf))?;
+    let (outputs, image, pushed) =
+        summary.step("image", || sandbox::deploy_image(ctx, sandbox, &args.image, &args.infra.tf))?;
+    summary.pushed = Some(pushed.to_json(&image));
     let resolved = summary.step("backend-url", || url::resolve(ctx, &outputs, Duration::from_secs(30)))?;
     url::print_text(&resolved);
     Ok(resolved)
@@ -141,6 +150,8 @@ fn early_build(ctx: &Ctx, args: &AllArgs, source: &Source) -> Early {
 #[derive(Default)]
 struct Summary {
     rows: Vec<Row>,
+    /// The image pushed, for `--json`.
+    pushed: Option<serde_json::Value>,
 }
 
 struct Row {
@@ -148,6 +159,12 @@ struct Row {
     result: &'static str,
     took: Duration,
     note: String,
+}
+
+impl Row {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"step": self.step, "result": self.result, "seconds": self.took.as_secs_f64(), "note": self.note})
+    }
 }
 
 impl Summary {
@@ -163,7 +180,9 @@ impl Summary {
                 "FAILED"
             }
         });
-        self.rows.push(Row { step, result: outcome.err().unwrap_or("ok"), took, note: String::new() });
+        let row = Row { step, result: outcome.err().unwrap_or("ok"), took, note: String::new() };
+        crate::output::event("step", row.to_json());
+        self.rows.push(row);
         result.with_context(|| format!("`all` stopped at step `{step}`"))
     }
 

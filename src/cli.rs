@@ -52,6 +52,18 @@ pub struct Global {
     #[arg(long, global = true, env = "CASEY_ADMIN_PRINCIPAL", value_name = "ARN")]
     pub admin_principal: Option<String>,
 
+    /// Print results as JSON on stdout (nothing else goes there): one document for short verbs, NDJSON events and a final summary object for infra, import, image and all
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print only warnings, errors and results
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print more: the full terraform plan and init output
+    #[arg(long, short = 'v', global = true)]
+    pub verbose: bool,
+
     /// The only AWS account (12 digits) the credentials may belong to. Once the stack is applied, the account its state records is enforced too
     #[arg(long, global = true, env = "CASEY_AWS_ACCOUNT_ID", value_name = "ID")]
     pub account: Option<String>,
@@ -176,10 +188,6 @@ pub struct RolloutArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct UrlArgs {
-    /// Print JSON for scripts
-    #[arg(long)]
-    pub json: bool,
-
     /// Wait up to SECONDS for a running task with a public IP
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub wait: u64,

@@ -51,7 +51,7 @@ impl Ctx {
             std::env::set_var("CHECKPOINT_DISABLE", "1");
         }
         for warning in &settings.warnings {
-            crate::say!("warning: {warning}");
+            crate::warn!("{warning}");
         }
         crate::say!("{}", settings.describe());
         env::check_region()?;

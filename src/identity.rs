@@ -120,6 +120,17 @@ fn no_credentials(settings: &Settings) -> String {
     )
 }
 
+/// `casey-deploy whoami`: the guard said who is calling (on stderr); under
+/// `--json` the same as a document.
+pub fn whoami(identity: &Identity) -> Result<()> {
+    crate::output::document(&serde_json::json!({
+        "arn": identity.arn,
+        "account": identity.account,
+        "admin": true,
+    }));
+    Ok(())
+}
+
 /// Print who is calling and refuse unless it is the admin.
 pub fn check(identity: &Identity, principals: &Principals) -> Result<()> {
     let role = principals.classify(&identity.arn);

@@ -109,8 +109,8 @@ impl Source {
             None => git_tag(&context, &dockerfile)?,
         };
         if tag.ends_with("-dirty") && args.tag.is_none() {
-            say!(
-                "warning: {} has uncommitted changes, so the tag {tag} is not reproducible (another build may push other content under it); commit first, or pass --tag",
+            crate::warn!(
+                "{} has uncommitted changes, so the tag {tag} is not reproducible (another build may push other content under it); commit first, or pass --tag",
                 context.display()
             );
         }
@@ -125,7 +125,9 @@ pub fn run(ctx: &Ctx, cmd: &ImageCmd) -> Result<()> {
         if args.immutable {
             bail!("--immutable is not supported with --local: the sandbox always rolls out the image it just built");
         }
-        return crate::sandbox::deploy_image(ctx, sandbox, args, &cmd.tf).map(drop);
+        let (_, image, pushed) = crate::sandbox::deploy_image(ctx, sandbox, args, &cmd.tf)?;
+        summarise(&image, &pushed);
+        return Ok(());
     }
     let repo = Repository::load(ctx)?;
     let image = Image::new(&ctx.project, args, &repo)?;
@@ -133,7 +135,14 @@ pub fn run(ctx: &Ctx, cmd: &ImageCmd) -> Result<()> {
     build(&image, false)?;
     let pushed = push(ctx, &image, &repo)?;
     print_pushed(&image, &pushed);
-    deploy(ctx, args, &image, &cmd.tf, cmd.yes).map(drop)
+    deploy(ctx, args, &image, &cmd.tf, cmd.yes)?;
+    summarise(&image, &pushed);
+    Ok(())
+}
+
+/// The `--json` summary of a deploy of `image`.
+fn summarise(image: &Image, pushed: &Pushed) {
+    crate::output::summary(pushed.to_json(image));
 }
 
 /// The digest both tags were pushed with.
@@ -146,6 +155,13 @@ pub struct Pushed {
 pub fn print_pushed(image: &Image, pushed: &Pushed) {
     out!("IMAGE={}", image.immutable_ref());
     out!("IMAGE_DIGEST={}@{}", image.repository, pushed.digest);
+    crate::output::event("pushed", pushed.to_json(image));
+}
+
+impl Pushed {
+    pub fn to_json(&self, image: &Image) -> serde_json::Value {
+        serde_json::json!({"image": image.immutable_ref(), "tag": image.tag, "digest": self.digest})
+    }
 }
 
 /// Roll the service out to the pushed image: a forced new deployment of

@@ -27,6 +27,7 @@ pub fn run(ctx: &Ctx, args: &TfArgs) -> Result<()> {
     } else {
         crate::say!("Imported {} resource(s). Next: `casey-deploy infra`", imported.len());
     }
+    crate::output::summary(serde_json::json!({ "imported": imported }));
     Ok(())
 }
 
@@ -50,6 +51,7 @@ pub fn adopt(ctx: &Ctx, tf: &Terraform) -> Result<Vec<String>> {
         let out = tf.import(address, &id)?;
         if out.success() {
             crate::say!("imported {address} ({id})");
+            crate::output::event("imported", serde_json::json!({"address": address, "id": id}));
             imported.push(address.to_owned());
         } else if out.stderr.contains("non-existent remote object") || out.stdout.contains("non-existent remote object")
         {

@@ -53,6 +53,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// `no_changes`, `applied` or `waiting_for_image`, for JSON.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Outcome::NoChanges => "no_changes",
+            Outcome::Applied => "applied",
+            Outcome::WaitingForImage(_) => "waiting_for_image",
+        }
+    }
+
     pub fn note(&self) -> &'static str {
         match self {
             Outcome::NoChanges => "no changes",
@@ -60,6 +69,17 @@ impl Outcome {
             Outcome::WaitingForImage(_) => "applied, service after the push",
         }
     }
+}
+
+/// `casey-deploy infra`: [`run`], then its summary.
+pub fn command(ctx: &Ctx, args: &InfraArgs) -> Result<()> {
+    let outcome = run(ctx, args)?;
+    let waiting = match &outcome {
+        Outcome::WaitingForImage(image) => Value::from(image.as_str()),
+        _ => Value::Null,
+    };
+    crate::output::summary(serde_json::json!({"outcome": outcome.key(), "waiting_for_image": waiting}));
+    Ok(())
 }
 
 pub fn run(ctx: &Ctx, args: &InfraArgs) -> Result<Outcome> {
@@ -271,6 +291,7 @@ fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<Outcome
     let plan = tf.plan(&plan_file, mode)?;
     if plan == Plan::NoChanges {
         say!("No changes: the infrastructure matches the configuration. Nothing to apply.");
+        crate::output::event("plan", serde_json::json!({"add": 0, "change": 0, "destroy": 0}));
         return Ok(Outcome::NoChanges);
     }
     let json = tf.show_json(&plan_file)?;
@@ -281,9 +302,14 @@ fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<Outcome
     }
     let summary = Summary::of(&json);
     say!("{summary}");
+    if !crate::output::verbose() {
+        say!("(the full plan: run with -v)");
+    }
+    crate::output::event("plan", summary.to_json());
     confirm(&summary, args.yes)?;
     say!("==> terraform apply (the saved plan)");
     tf.apply(&plan_file)?;
+    crate::output::event("applied", serde_json::json!({}));
     Ok(Outcome::Applied)
 }
 
@@ -393,6 +419,8 @@ pub struct Summary {
     pub add: usize,
     pub change: usize,
     pub destroy: usize,
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
     pub replaced: Vec<String>,
     pub destroyed: Vec<String>,
     /// Resources whose state a refresh-only plan would update.
@@ -407,8 +435,14 @@ impl Summary {
             let actions: Vec<&str> =
                 rc["change"]["actions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
             match actions.as_slice() {
-                ["create"] => s.add += 1,
-                ["update"] => s.change += 1,
+                ["create"] => {
+                    s.add += 1;
+                    s.created.push(address);
+                }
+                ["update"] => {
+                    s.change += 1;
+                    s.updated.push(address);
+                }
                 ["delete"] => {
                     s.destroy += 1;
                     s.destroyed.push(address);
@@ -428,6 +462,14 @@ impl Summary {
     fn risky(&self) -> bool {
         !self.replaced.is_empty() || !self.destroyed.is_empty()
     }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "add": self.add, "change": self.change, "destroy": self.destroy,
+            "created": self.created, "updated": self.updated,
+            "replaced": self.replaced, "destroyed": self.destroyed, "drifted": self.drifted,
+        })
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -439,6 +481,12 @@ impl std::fmt::Display for Summary {
                 " Refresh only: {} resource(s) changed outside Terraform; applying updates the state only.",
                 self.drifted
             )?;
+        }
+        for address in &self.created {
+            write!(f, "\n  create   {address}")?;
+        }
+        for address in &self.updated {
+            write!(f, "\n  update   {address}")?;
         }
         for address in &self.destroyed {
             write!(f, "\n  DESTROY  {address}")?;

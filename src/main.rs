@@ -10,6 +10,7 @@ mod identity;
 mod image;
 mod import;
 mod infra;
+mod output;
 mod outputs;
 mod process;
 mod redact;
@@ -26,12 +27,18 @@ use cli::{Cli, Verb};
 use context::Ctx;
 
 fn main() -> ExitCode {
-    redact::install_panic_hook();
+    output::install_panic_hook();
     let cli = Cli::parse();
+    let shape = match cli.command {
+        Verb::All(_) | Verb::Infra(_) | Verb::Import(_) | Verb::Image(_) => output::Shape::Events,
+        _ => output::Shape::Document,
+    };
+    let mode = output::Mode { quiet: cli.global.quiet, verbose: cli.global.verbose, json: cli.global.json };
+    output::init(mode, shape);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            crate::say!("error: {err:#}");
+            output::failure(&format!("{err:#}"));
             match err.downcast_ref::<process::Interrupted>() {
                 Some(i) => ExitCode::from((128 + i.signal) as u8),
                 None => ExitCode::FAILURE,
@@ -43,6 +50,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // Special verbs: nothing to set up, nothing that can fail but writing.
     match &cli.command {
+        Verb::Completions { .. } | Verb::Man if cli.global.json => {
+            anyhow::bail!("`completions` and `man` print a script or a page, not JSON: run them without --json")
+        }
         Verb::Completions { shell } => return cli::completions(*shell),
         Verb::Man => return cli::man_page(),
         _ => {}
@@ -58,11 +68,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let ctx = Ctx::new(&cli.global)?;
     match &cli.command {
-        Verb::Whoami => Ok(()),
+        Verb::Whoami => identity::whoami(&ctx.identity),
         Verb::Doctor | Verb::Sandbox { .. } | Verb::Completions { .. } | Verb::Man => {
             unreachable!("runs before the guard")
         }
-        Verb::Infra(args) => infra::run(&ctx, args).map(drop),
+        Verb::Infra(args) => infra::command(&ctx, args),
         Verb::Import(args) => import::run(&ctx, args),
         Verb::Image(args) => image::run(&ctx, args),
         Verb::BackendUrl(args) => url::run(&ctx, args),

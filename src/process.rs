@@ -193,12 +193,23 @@ pub struct Command {
     dir: Option<PathBuf>,
     stdin: Option<Vec<u8>>,
     stream: bool,
+    /// Streamed lines are detail: shown with `-v`, as a progress line on a
+    /// terminal otherwise, and kept either way.
+    detail: bool,
     lock_file: Option<PathBuf>,
 }
 
 impl Command {
     pub fn new(program: &str) -> Self {
-        Command { program: program.to_owned(), args: Vec::new(), dir: None, stdin: None, stream: true, lock_file: None }
+        Command {
+            program: program.to_owned(),
+            args: Vec::new(),
+            dir: None,
+            stdin: None,
+            stream: true,
+            detail: false,
+            lock_file: None,
+        }
     }
 
     /// The lock file the child holds while it runs (terraform's local state
@@ -231,6 +242,13 @@ impl Command {
     /// Capture stdout and stderr apart, without streaming (for JSON output).
     pub fn quiet(mut self) -> Self {
         self.stream = false;
+        self
+    }
+
+    /// Stream the output as detail (`-v`) rather than info: for long output
+    /// the tool summarises itself (a terraform plan).
+    pub fn detail(mut self) -> Self {
+        self.detail = true;
         self
     }
 
@@ -339,7 +357,13 @@ impl Command {
                 break;
             }
             let line = redact(String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']));
-            crate::say!("{line}");
+            if !self.detail {
+                crate::say!("{line}");
+            } else if crate::output::verbose() {
+                crate::detail!("{line}");
+            } else if !line.trim().is_empty() {
+                crate::output::progress_transient(&format!("{}: {}", self.program, line.trim()));
+            }
             kept.push_str(&line);
             kept.push('\n');
         }

@@ -1,8 +1,6 @@
 //! Secret masking. Every line the tool prints — its own messages, the streamed
-//! output of children, error chains — goes through [`redact`]: print with
-//! [`say!`](crate::say) (stderr), [`out!`](crate::out) (stdout) or
-//! [`prompt!`](crate::prompt) (stderr, no newline), never with
-//! `eprintln!`/`println!` directly.
+//! output of children, error chains, JSON — goes through [`redact`] inside
+//! the output layer (`output.rs`); nothing prints with `eprintln!`/`println!`.
 
 use std::sync::RwLock;
 
@@ -36,65 +34,6 @@ pub fn redact(text: &str) -> String {
         }
     }
     out
-}
-
-/// Print one masked line to stderr (the tool's messages).
-#[macro_export]
-macro_rules! say {
-    ($($arg:tt)*) => {
-        $crate::redact::say_line(&format!($($arg)*))
-    };
-}
-
-/// Print one masked line to stdout (results: `KEY=value` lines, reports).
-#[macro_export]
-macro_rules! out {
-    () => {
-        $crate::redact::out_line("")
-    };
-    ($($arg:tt)*) => {
-        $crate::redact::out_line(&format!($($arg)*))
-    };
-}
-
-/// Print masked text to stderr without a newline, and flush (a question).
-#[macro_export]
-macro_rules! prompt {
-    ($($arg:tt)*) => {
-        $crate::redact::prompt_text(&format!($($arg)*))
-    };
-}
-
-/// `text`, masked, on stderr.
-pub fn say_line(text: &str) {
-    eprintln!("{}", redact(text));
-}
-
-/// `text`, masked, on stdout.
-pub fn out_line(text: &str) {
-    println!("{}", redact(text));
-}
-
-/// `text`, masked, on stderr without a newline.
-#[allow(dead_code)] // for `prompt!`: infra.rs asks its question with it
-pub fn prompt_text(text: &str) {
-    use std::io::Write;
-    eprint!("{}", redact(text));
-    std::io::stderr().flush().ok();
-}
-
-/// Mask panic messages too: a panic prints its payload, which may hold a value.
-pub fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        let payload = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(no message)".to_owned());
-        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
-        say_line(&format!("casey-deploy crashed{place}: {payload}; please report this"));
-    }));
 }
 
 /// An access key id shown as `AKIA…WXYZ`: enough to tell keys apart.

@@ -8,7 +8,6 @@
 //! another deployment); the service's recent events and the stoppedReason of
 //! the deployment's stopped tasks are then printed.
 
-use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -18,7 +17,7 @@ use crate::cli::RolloutArgs;
 use crate::context::Ctx;
 use crate::outputs::Outputs;
 use crate::redact::redact;
-use crate::{prompt, say};
+use crate::say;
 
 pub fn client(ctx: &Ctx, outputs: &Outputs) -> aws_sdk_ecs::Client {
     let config = aws_sdk_ecs::config::Builder::from(&ctx.sdk)
@@ -52,6 +51,7 @@ pub fn force_new_deployment(ctx: &Ctx, outputs: &Outputs, args: &RolloutArgs) ->
         .and_then(primary)
         .ok_or_else(|| anyhow!("step `rollout`: UpdateService returned no PRIMARY deployment for {service}"))?;
     say!("ECS deployment {id} started");
+    crate::output::event("deployment", serde_json::json!({"deployment": id, "service": service}));
     if args.no_wait {
         say!("--no-wait: not following it; `casey-deploy backend-url --wait 300` waits for a task");
         return Ok(());
@@ -211,6 +211,10 @@ pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &RolloutArgs) -> Res
                     "ECS deployment {id} COMPLETED: {running}/{desired} task(s) running ({}s)",
                     start.elapsed().as_secs()
                 );
+                crate::output::event(
+                    "completed",
+                    serde_json::json!({"deployment": id, "running": running, "desired": desired}),
+                );
                 return Ok(());
             }
             State::Failed(reason) => {
@@ -367,19 +371,17 @@ fn stopped_tasks(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs, id: &s
         .collect())
 }
 
-/// Progress while waiting: a live line on a terminal, a timestamped line per
-/// change (and one a minute) otherwise.
+/// Progress while waiting, through the output layer: a live line on a
+/// terminal; off one, a line per change (and one a minute).
 struct Progress {
     start: Instant,
-    tty: bool,
-    drawn: bool,
     last: String,
     last_at: Instant,
 }
 
 impl Progress {
     fn new(start: Instant) -> Progress {
-        Progress { start, tty: std::io::stderr().is_terminal(), drawn: false, last: String::new(), last_at: start }
+        Progress { start, last: String::new(), last_at: start }
     }
 
     fn show(&mut self, service: &Service, id: &str) {
@@ -399,33 +401,20 @@ impl Progress {
             None => "deployment gone".to_owned(),
         };
         let elapsed = self.start.elapsed().as_secs();
-        if self.tty {
-            prompt!("\r\x1b[2K{state} ({elapsed}s)");
-            let _ = std::io::stderr().flush();
-            self.drawn = true;
-        } else if state != self.last || self.last_at.elapsed() >= Duration::from_secs(60) {
-            say!("[{}] {state} ({elapsed}s)", clock(now_secs()));
+        if state != self.last || self.last_at.elapsed() >= Duration::from_secs(60) {
+            crate::output::event("rollout", serde_json::json!({"deployment": id, "state": state, "seconds": elapsed}));
             self.last_at = Instant::now();
         }
+        crate::output::progress_live(&format!("{state} ({elapsed}s)"), state != self.last);
         self.last = state;
     }
 
     /// A one-off remark (a retried error) on its own line.
     fn note(&mut self, text: &str) {
-        self.finish();
-        say!("[{}] {}", clock(now_secs()), redact(text));
+        say!("{text}");
     }
 
-    fn finish(&mut self) {
-        if self.drawn {
-            say!("");
-            self.drawn = false;
-        }
-    }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    fn finish(&mut self) {}
 }
 
 /// `HH:MM:SSZ` (UTC) of a Unix time.

@@ -78,6 +78,12 @@ fn print_status(sandbox: &Sandbox) {
         sandbox.endpoint,
         sandbox.dir.display()
     );
+    crate::output::document(&json!({
+        "running": true,
+        "endpoint": sandbox.endpoint,
+        "registry": sandbox.registry,
+        "dir": sandbox.dir,
+    }));
 }
 
 /// An exclusive lock on `.casey/sandbox.lock`, held while the sandbox is
@@ -198,18 +204,22 @@ pub fn running(project: &Path, admin_user: &str) -> Result<Option<Sandbox>> {
 /// forget the sandbox's state.
 pub fn down(project: &Path) -> Result<()> {
     let dir = dir(project);
-    if !dir.exists() {
+    let not_running = || {
         crate::say!("the sandbox is not running");
-        return Ok(());
+        crate::output::document(&json!({"running": false, "stopped": false}));
+        Ok(())
+    };
+    if !dir.exists() {
+        return not_running();
     }
     let _lock = lock(project)?;
     if !dir.exists() {
-        crate::say!("the sandbox is not running");
-        return Ok(());
+        return not_running();
     }
     stop_services(&dir);
     std::fs::remove_dir_all(&dir).with_context(|| format!("could not remove {}", dir.display()))?;
     crate::say!("sandbox stopped; {} removed", dir.display());
+    crate::output::document(&json!({"running": false, "stopped": true}));
     Ok(())
 }
 
@@ -297,7 +307,12 @@ pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
 /// processes; then the same rollout as against AWS (which creates the ECS
 /// service when the first apply left it out for want of an image). Returns
 /// the stack's outputs, for the steps after it.
-pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs, tf: &TfArgs) -> Result<Outputs> {
+pub fn deploy_image(
+    ctx: &Ctx,
+    sandbox: &Sandbox,
+    args: &ImageArgs,
+    tf: &TfArgs,
+) -> Result<(Outputs, Image, image::Pushed)> {
     let repo = Repository::load(ctx)?;
     match docker_path(sandbox) {
         Ok(registry) => {
@@ -312,7 +327,8 @@ pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs, tf: &TfArgs)
                     control(&sandbox.endpoint, "POST", "/_casey/ecr/registry", Some(json!({"registry": registry})))?;
                     control(&sandbox.endpoint, "POST", "/_casey/runner", Some(json!({"mode": "docker", "registry": registry})))?;
                     crate::say!("==> sandbox: tasks run as containers of {}", image.latest_ref());
-                    return image::deploy(ctx, &args, &image, tf, true);
+                    let outputs = image::deploy(ctx, &args, &image, tf, true)?;
+                    return Ok((outputs, image, pushed));
                 }
                 Err(err) => crate::say!(
                     "==> sandbox: the image did not build ({}); building the backend with cargo and running the tasks as local processes instead",
@@ -336,15 +352,17 @@ pub fn deploy_image(ctx: &Ctx, sandbox: &Sandbox, args: &ImageArgs, tf: &TfArgs)
         Some(json!({"mode": "process", "backend_bin": binary, "log_dir": log_dir})),
     )?;
     let image = Image::new(&ctx.project, args, &repo)?;
-    record_binary_image(ctx, &repo, &image, Path::new(&binary))?;
-    image::deploy(ctx, args, &image, tf, true)
+    let pushed = record_binary_image(ctx, &repo, &image, Path::new(&binary))?;
+    image::print_pushed(&image, &pushed);
+    let outputs = image::deploy(ctx, args, &image, tf, true)?;
+    Ok((outputs, image, pushed))
 }
 
 /// The cargo path has no image, but ECS (and the emulator, as strict as ECS)
 /// only starts tasks of an image that is in ECR: record one with ECR
 /// PutImage, a manifest whose single layer is the binary's digest. moto's ECR
 /// keeps manifests only, so no layer is uploaded.
-fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, binary: &Path) -> Result<()> {
+fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, binary: &Path) -> Result<image::Pushed> {
     use sha2::Digest as _;
     let bytes = std::fs::read(binary).with_context(|| format!("could not read {}", binary.display()))?;
     let sha256 = |data: &[u8]| {
@@ -369,7 +387,7 @@ fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, binary: &Pat
         image::put_manifest(ctx, repo, &manifest, tag)?;
     }
     crate::say!("==> sandbox: recorded {} (the cargo-built backend) in ECR", image.immutable_ref());
-    Ok(())
+    Ok(image::Pushed { digest: sha256(manifest.as_bytes()) })
 }
 
 fn first_line(text: &str) -> &str {

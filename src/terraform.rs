@@ -265,8 +265,9 @@ impl Terraform {
         let mut cmd = self.cmd(&["plan"]).args(["-input=false", "-detailed-exitcode", "-lock-timeout=10s"]);
         cmd = cmd.args(targets.iter().map(|t| format!("-target={t}")));
         cmd = match mode {
-            PlanMode::Normal => cmd,
-            PlanMode::RefreshOnly => cmd.arg("-refresh-only"),
+            // The plan itself is shown with -v; the tool prints its summary.
+            PlanMode::Normal => cmd.detail(),
+            PlanMode::RefreshOnly => cmd.arg("-refresh-only").detail(),
             // Only the planned values are wanted: no refresh, no output.
             PlanMode::NamesOnly => cmd.arg("-refresh=false").quiet(),
         };

@@ -57,11 +57,8 @@ pub fn run(ctx: &Ctx, args: &UrlArgs) -> Result<()> {
     let outputs = Outputs::load(ctx)?;
     let resolved = resolve(ctx, &outputs, Duration::from_secs(args.wait))?;
     let checks = if args.check { Some(check_all(ctx, &resolved)) } else { None };
-    if args.json {
-        out!("{}", serde_json::to_string_pretty(&to_json(&resolved, checks.as_deref())).unwrap_or_default());
-    } else {
-        print_text(&resolved);
-    }
+    print_text(&resolved);
+    crate::output::document(&to_json(&resolved, checks.as_deref()));
     if let Some(checks) = checks {
         report_checks(&checks)?;
     }

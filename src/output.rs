@@ -1,0 +1,305 @@
+//! The one output layer (uv's `Printer` is the model). Everything the tool
+//! prints goes through here, and everything is masked here ([`redact`]), so
+//! no path can print a secret:
+//!
+//! - human text goes to stderr: [`say!`](crate::say) (info; hidden by `-q`),
+//!   [`warn!`](crate::warn) (always), [`detail!`](crate::detail) (only with
+//!   `-v`), [`progress`] (a status line that rewrites itself on a terminal);
+//!   off a terminal every stderr line starts with a UTC `HH:MM:SS` stamp;
+//! - results go to stdout: [`out!`](crate::out) lines (`KEY=value`) in text
+//!   mode; under `--json` only JSON: one document for the short verbs
+//!   ([`document`]), or NDJSON for the long ones ([`event`]s, then one
+//!   `{"event":"summary",…}` object from [`summary`]). `out!` lines move to
+//!   stderr then, so stdout holds nothing but JSON. A run that fails prints
+//!   its error as JSON too ([`failure`]).
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::{json, Value};
+
+use crate::redact::redact;
+
+/// How much human text, and in which form the results.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    pub quiet: bool,
+    pub verbose: bool,
+    pub json: bool,
+}
+
+/// The JSON shape of a verb's results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// One JSON document (whoami, doctor, backend-url, sandbox).
+    #[default]
+    Document,
+    /// NDJSON: events as they happen, then a summary object (infra, image, all, import).
+    Events,
+}
+
+struct Printer {
+    mode: Mode,
+    shape: Shape,
+    /// stderr is a terminal: progress rewrites one line; no time stamps.
+    terminal: bool,
+}
+
+static PRINTER: OnceLock<Printer> = OnceLock::new();
+/// A document was printed: a failure after it adds no second one.
+static DOCUMENT_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The progress line on screen (terminal), or the last one printed.
+static PROGRESS: Mutex<Option<String>> = Mutex::new(None);
+
+/// Set the mode once, before anything is printed.
+pub fn init(mode: Mode, shape: Shape) {
+    let _ = PRINTER.set(Printer { mode, shape, terminal: std::io::stderr().is_terminal() });
+}
+
+fn printer() -> &'static Printer {
+    PRINTER.get_or_init(|| Printer { mode: Mode::default(), shape: Shape::Document, terminal: false })
+}
+
+pub fn verbose() -> bool {
+    printer().mode.verbose
+}
+
+/// Info: hidden by `-q`.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::output::info(&format!($($arg)*))
+    };
+}
+
+/// A warning: shown even with `-q`, as `warning: …`.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => {
+        $crate::output::warning(&format!($($arg)*))
+    };
+}
+
+/// Detail: shown only with `-v`.
+#[macro_export]
+macro_rules! detail {
+    ($($arg:tt)*) => {
+        $crate::output::detail_line(&format!($($arg)*))
+    };
+}
+
+/// A result line on stdout (`KEY=value`); on stderr under `--json`.
+#[macro_export]
+macro_rules! out {
+    () => {
+        $crate::output::out_line("")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::out_line(&format!($($arg)*))
+    };
+}
+
+/// A question on stderr, without a newline (shown even with `-q`).
+#[macro_export]
+macro_rules! prompt {
+    ($($arg:tt)*) => {
+        $crate::output::prompt_text(&format!($($arg)*))
+    };
+}
+
+pub fn info(text: &str) {
+    if !printer().mode.quiet {
+        stderr_line(text);
+    }
+}
+
+pub fn warning(text: &str) {
+    stderr_line(&format!("warning: {text}"));
+}
+
+/// An error, always shown.
+pub fn error_line(text: &str) {
+    stderr_line(text);
+}
+
+pub fn detail_line(text: &str) {
+    if printer().mode.verbose {
+        stderr_line(text);
+    }
+}
+
+pub fn out_line(text: &str) {
+    if printer().mode.json {
+        info(text);
+    } else {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", redact(text));
+    }
+}
+
+pub fn prompt_text(text: &str) {
+    clear_progress();
+    let mut err = std::io::stderr().lock();
+    let _ = write!(err, "{}", redact(text));
+    let _ = err.flush();
+}
+
+/// A status that replaces the previous one: rewritten in place on a
+/// terminal; off a terminal, a line only when it changed. Hidden by `-q`.
+pub fn progress(text: &str) {
+    let p = printer();
+    if p.mode.quiet {
+        return;
+    }
+    let text = redact(text);
+    let mut last = PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
+    if p.terminal {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{text}");
+        let _ = err.flush();
+        *last = Some(text);
+    } else if last.as_deref() != Some(text.as_str()) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{} {text}", stamp());
+        *last = Some(text);
+    }
+}
+
+/// A status with a ticking part (elapsed seconds): rewritten on a terminal
+/// every time; off a terminal a line only when `changed`, or once a minute.
+pub fn progress_live(text: &str, changed: bool) {
+    let p = printer();
+    if p.terminal {
+        progress(text);
+        return;
+    }
+    static LAST_LINE: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let mut last = LAST_LINE.lock().unwrap_or_else(|e| e.into_inner());
+    if changed || last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(60)) {
+        info(text);
+        *last = Some(std::time::Instant::now());
+    }
+}
+
+/// A progress line only a terminal shows (a child's latest output line):
+/// off a terminal it would repeat the whole output.
+pub fn progress_transient(text: &str) {
+    if printer().terminal {
+        let text: String = text.chars().take(100).collect();
+        progress(&text);
+    }
+}
+
+/// End a progress line on a terminal, so the next line starts clean.
+fn clear_progress() {
+    let p = printer();
+    if !p.terminal {
+        return;
+    }
+    let mut last = PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
+    if last.take().is_some() {
+        let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+    }
+}
+
+fn stderr_line(text: &str) {
+    clear_progress();
+    let text = redact(text);
+    let mut err = std::io::stderr().lock();
+    if printer().terminal {
+        let _ = writeln!(err, "{text}");
+    } else {
+        let _ = writeln!(err, "{} {text}", stamp());
+    }
+}
+
+/// The time of day, UTC, `HH:MM:SS`.
+pub fn stamp() -> String {
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    format!("{:02}:{:02}:{:02}", secs / 3600 % 24, secs / 60 % 60, secs % 60)
+}
+
+/// One line of JSON on stdout, masked (a mask is plain text: the JSON stays valid).
+fn json_line(value: &Value, pretty: bool) {
+    let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", redact(&text.unwrap_or_default()));
+    let _ = out.flush();
+}
+
+/// An NDJSON event (`{"event": kind, …fields}`) under `--json` for the long
+/// verbs; nothing otherwise (the human text says the same on stderr).
+pub fn event(kind: &str, fields: Value) {
+    let p = printer();
+    if !(p.mode.json && p.shape == Shape::Events) {
+        return;
+    }
+    let mut object = serde_json::Map::new();
+    object.insert("event".to_owned(), json!(kind));
+    if let Value::Object(fields) = fields {
+        object.extend(fields);
+    }
+    json_line(&Value::Object(object), false);
+}
+
+/// A short verb's result document, under `--json`.
+pub fn document(value: &Value) {
+    if printer().mode.json {
+        json_line(value, true);
+        DOCUMENT_PRINTED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A long verb's final summary, under `--json`: `{"event":"summary","ok":true,…}`.
+pub fn summary(fields: Value) {
+    let mut fields = fields;
+    if let Value::Object(object) = &mut fields {
+        object.insert("ok".to_owned(), json!(true));
+    }
+    event("summary", fields);
+}
+
+/// The run failed: the error on stderr and, under `--json`, as JSON on
+/// stdout (the summary event, or the document) with `ok: false`.
+pub fn failure(message: &str) {
+    error_line(&format!("error: {message}"));
+    let p = printer();
+    if !p.mode.json {
+        return;
+    }
+    match p.shape {
+        Shape::Events => event("summary", json!({ "ok": false, "error": message })),
+        Shape::Document if !DOCUMENT_PRINTED.load(std::sync::atomic::Ordering::SeqCst) => {
+            json_line(&json!({ "ok": false, "error": message }), true)
+        }
+        Shape::Document => {}
+    }
+}
+
+/// Mask panic messages too: a panic prints its payload, which may hold a value.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        error_line(&format!("casey-deploy crashed{place}: {payload}; please report this"));
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_hh_mm_ss() {
+        let s = stamp();
+        assert_eq!(s.len(), 8, "{s}");
+        assert_eq!(&s[2..3], ":");
+        assert!(s[..2].parse::<u32>().unwrap() < 24);
+    }
+}
