@@ -244,10 +244,11 @@ fn bootstrap_admin(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<()> {
         return Ok(());
     }
     let summary = Summary::of(&tf.show_json(&plan_file)?);
-    say!("{summary}");
+    summary.show("admin");
     confirm(&summary, args.yes)?;
     say!("==> terraform apply (the admin's policies)");
     tf.apply(&plan_file)?;
+    crate::output::event("applied", serde_json::json!({"stage": "admin"}));
     wait_for_iam(ctx)
 }
 
@@ -291,7 +292,7 @@ fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<Outcome
     let plan = tf.plan(&plan_file, mode)?;
     if plan == Plan::NoChanges {
         say!("No changes: the infrastructure matches the configuration. Nothing to apply.");
-        crate::output::event("plan", serde_json::json!({"add": 0, "change": 0, "destroy": 0}));
+        crate::output::event("plan", serde_json::json!({"stage": "all", "add": 0, "change": 0, "destroy": 0}));
         return Ok(Outcome::NoChanges);
     }
     let json = tf.show_json(&plan_file)?;
@@ -301,15 +302,11 @@ fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<Outcome
         }
     }
     let summary = Summary::of(&json);
-    say!("{summary}");
-    if !crate::output::verbose() {
-        say!("(the full plan: run with -v)");
-    }
-    crate::output::event("plan", summary.to_json());
+    summary.show("all");
     confirm(&summary, args.yes)?;
     say!("==> terraform apply (the saved plan)");
     tf.apply(&plan_file)?;
-    crate::output::event("applied", serde_json::json!({}));
+    crate::output::event("applied", serde_json::json!({"stage": "all"}));
     Ok(Outcome::Applied)
 }
 
@@ -362,10 +359,11 @@ fn apply_without_service(tf: &Terraform, args: &InfraArgs, plan: &Value, image: 
         let plan_file = PlanFile::create(tf.dir(), "infra-base")?;
         if tf.plan_targets(&plan_file, PlanMode::Normal, &targets)? == Plan::Changes {
             let summary = Summary::of(&tf.show_json(&plan_file)?);
-            say!("{summary}");
+            summary.show("without_service");
             confirm(&summary, args.yes)?;
             say!("==> terraform apply (the saved plan)");
             tf.apply(&plan_file)?;
+            crate::output::event("applied", serde_json::json!({"stage": "without_service"}));
         }
     }
     say!(
@@ -461,6 +459,18 @@ impl Summary {
 
     fn risky(&self) -> bool {
         !self.replaced.is_empty() || !self.destroyed.is_empty()
+    }
+
+    /// Print the summary (the plan itself is detail, shown with -v) and
+    /// send it as a `plan` event; `stage` says which plan of the run it is.
+    fn show(&self, stage: &str) {
+        say!("{self}");
+        if !crate::output::verbose() {
+            say!("(the full plan: run with -v)");
+        }
+        let mut json = self.to_json();
+        json["stage"] = stage.into();
+        crate::output::event("plan", json);
     }
 
     pub fn to_json(&self) -> Value {

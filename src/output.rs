@@ -43,21 +43,52 @@ struct Printer {
     shape: Shape,
     /// stderr is a terminal: progress rewrites one line; no time stamps.
     terminal: bool,
+    /// A document was printed: a failure after it adds no second one.
+    documented: std::sync::atomic::AtomicBool,
+}
+
+impl Printer {
+    fn new(mode: Mode, shape: Shape, terminal: bool) -> Printer {
+        Printer { mode, shape, terminal, documented: std::sync::atomic::AtomicBool::new(false) }
+    }
 }
 
 static PRINTER: OnceLock<Printer> = OnceLock::new();
-/// A document was printed: a failure after it adds no second one.
-static DOCUMENT_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The progress line on screen (terminal), or the last one printed.
 static PROGRESS: Mutex<Option<String>> = Mutex::new(None);
 
 /// Set the mode once, before anything is printed.
 pub fn init(mode: Mode, shape: Shape) {
-    let _ = PRINTER.set(Printer { mode, shape, terminal: std::io::stderr().is_terminal() });
+    let _ = PRINTER.set(Printer::new(mode, shape, std::io::stderr().is_terminal()));
 }
 
 fn printer() -> &'static Printer {
-    PRINTER.get_or_init(|| Printer { mode: Mode::default(), shape: Shape::Document, terminal: false })
+    #[cfg(test)]
+    if let Some(p) = tests::PRINTER.with(|p| *p.borrow()) {
+        return p;
+    }
+    PRINTER.get_or_init(|| Printer::new(Mode::default(), Shape::Document, false))
+}
+
+/// The only two places that write: already masked text.
+fn to_stdout(text: &str) {
+    #[cfg(test)]
+    if tests::captured(|c| c.0.push_str(text)) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn to_stderr(text: &str) {
+    #[cfg(test)]
+    if tests::captured(|c| c.1.push_str(text)) {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(text.as_bytes());
+    let _ = err.flush();
 }
 
 pub fn verbose() -> bool {
@@ -132,16 +163,13 @@ pub fn out_line(text: &str) {
     if printer().mode.json {
         info(text);
     } else {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{}", redact(text));
+        to_stdout(&format!("{}\n", redact(text)));
     }
 }
 
 pub fn prompt_text(text: &str) {
     clear_progress();
-    let mut err = std::io::stderr().lock();
-    let _ = write!(err, "{}", redact(text));
-    let _ = err.flush();
+    to_stderr(&redact(text));
 }
 
 /// A status that replaces the previous one: rewritten in place on a
@@ -154,13 +182,10 @@ pub fn progress(text: &str) {
     let text = redact(text);
     let mut last = PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
     if p.terminal {
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K{text}");
-        let _ = err.flush();
+        to_stderr(&format!("\r\x1b[2K{text}"));
         *last = Some(text);
     } else if last.as_deref() != Some(text.as_str()) {
-        let mut err = std::io::stderr().lock();
-        let _ = writeln!(err, "{} {text}", stamp());
+        to_stderr(&format!("{} {text}\n", stamp()));
         *last = Some(text);
     }
 }
@@ -198,18 +223,17 @@ fn clear_progress() {
     }
     let mut last = PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
     if last.take().is_some() {
-        let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+        to_stderr("\r\x1b[2K");
     }
 }
 
 fn stderr_line(text: &str) {
     clear_progress();
     let text = redact(text);
-    let mut err = std::io::stderr().lock();
     if printer().terminal {
-        let _ = writeln!(err, "{text}");
+        to_stderr(&format!("{text}\n"));
     } else {
-        let _ = writeln!(err, "{} {text}", stamp());
+        to_stderr(&format!("{} {text}\n", stamp()));
     }
 }
 
@@ -223,9 +247,7 @@ pub fn stamp() -> String {
 /// One line of JSON on stdout, masked (a mask is plain text: the JSON stays valid).
 fn json_line(value: &Value, pretty: bool) {
     let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", redact(&text.unwrap_or_default()));
-    let _ = out.flush();
+    to_stdout(&format!("{}\n", redact(&text.unwrap_or_default())));
 }
 
 /// An NDJSON event (`{"event": kind, …fields}`) under `--json` for the long
@@ -247,7 +269,7 @@ pub fn event(kind: &str, fields: Value) {
 pub fn document(value: &Value) {
     if printer().mode.json {
         json_line(value, true);
-        DOCUMENT_PRINTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        printer().documented.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -270,7 +292,7 @@ pub fn failure(message: &str) {
     }
     match p.shape {
         Shape::Events => event("summary", json!({ "ok": false, "error": message })),
-        Shape::Document if !DOCUMENT_PRINTED.load(std::sync::atomic::Ordering::SeqCst) => {
+        Shape::Document if !p.documented.load(std::sync::atomic::Ordering::SeqCst) => {
             json_line(&json!({ "ok": false, "error": message }), true)
         }
         Shape::Document => {}
@@ -292,14 +314,114 @@ pub fn install_panic_hook() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    thread_local! {
+        pub(super) static PRINTER: RefCell<Option<&'static Printer>> = const { RefCell::new(None) };
+        static CAPTURE: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+    }
+
+    /// Append to this thread's capture, if one is on.
+    pub(super) fn captured(f: impl FnOnce(&mut (String, String))) -> bool {
+        CAPTURE.with(|c| c.borrow_mut().as_mut().map(f).is_some())
+    }
+
+    /// Run `f` with this thread printing in `mode` into buffers: (stdout, stderr).
+    pub(crate) fn capture(mode: Mode, shape: Shape, f: impl FnOnce()) -> (String, String) {
+        let printer: &'static Printer = Box::leak(Box::new(Printer::new(mode, shape, false)));
+        PRINTER.with(|p| *p.borrow_mut() = Some(printer));
+        CAPTURE.with(|c| *c.borrow_mut() = Some(Default::default()));
+        f();
+        PRINTER.with(|p| *p.borrow_mut() = None);
+        CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default()
+    }
+
+    const SECRET: &str = "s3cr3t-printed-everywhere";
+
+    fn every_path() {
+        crate::say!("info {SECRET}");
+        crate::warn!("warn {SECRET}");
+        crate::detail!("detail {SECRET}");
+        crate::out!("OUT={SECRET}");
+        crate::prompt!("prompt {SECRET}? ");
+        progress(&format!("progress {SECRET}"));
+        progress_live(&format!("live {SECRET}"), true);
+        event("step", json!({"note": SECRET}));
+        summary(json!({"note": SECRET}));
+        failure(&format!("failed with {SECRET}"));
+    }
 
     #[test]
-    fn stamps_are_hh_mm_ss() {
-        let s = stamp();
-        assert_eq!(s.len(), 8, "{s}");
-        assert_eq!(&s[2..3], ":");
-        assert!(s[..2].parse::<u32>().unwrap() < 24);
+    fn a_secret_is_masked_on_every_path_in_every_mode() {
+        crate::redact::register(SECRET);
+        for json in [false, true] {
+            for shape in [Shape::Document, Shape::Events] {
+                let mode = Mode { quiet: false, verbose: true, json };
+                let (out, err) = capture(mode, shape, every_path);
+                for text in [&out, &err] {
+                    assert!(!text.contains(SECRET), "json={json} {shape:?}: {text}");
+                }
+                assert!(err.contains(&format!("info {}", crate::redact::MASK)), "{err}");
+                assert!(err.contains("detail ") && err.contains("warning: warn "), "{err}");
+                assert!(err.contains("error: failed with "), "{err}");
+                if !json {
+                    assert_eq!(out.trim(), format!("OUT={}", crate::redact::MASK));
+                    continue;
+                }
+                // Nothing but JSON on stdout; out! lines went to stderr.
+                assert!(err.contains("OUT="), "{err}");
+                match shape {
+                    Shape::Events => {
+                        let events: Vec<Value> = out
+                            .lines()
+                            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                            .collect();
+                        let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+                        assert_eq!(kinds, ["step", "summary", "summary"], "{out}");
+                        assert_eq!(events[2]["ok"], false);
+                    }
+                    Shape::Document => {
+                        let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+                        assert_eq!(doc["ok"], false, "{out}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quiet_keeps_warnings_errors_and_results() {
+        let mode = Mode { quiet: true, verbose: false, json: false };
+        let (out, err) = capture(mode, Shape::Document, || {
+            crate::say!("chatter");
+            crate::detail!("more chatter");
+            progress("ticking");
+            crate::warn!("careful");
+            crate::out!("KEY=value");
+            failure("it broke");
+        });
+        assert_eq!(out, "KEY=value\n");
+        assert!(!err.contains("chatter") && !err.contains("ticking"), "{err}");
+        assert!(err.contains("warning: careful") && err.contains("error: it broke"), "{err}");
+    }
+
+    #[test]
+    fn off_a_terminal_every_line_is_stamped() {
+        let (_, err) = capture(Mode::default(), Shape::Document, || crate::say!("hello"));
+        let (stamp, text) = err.trim_end().split_once(' ').unwrap();
+        assert_eq!((stamp.len(), &stamp[2..3], text), (8, ":", "hello"), "{err}");
+    }
+
+    #[test]
+    fn a_failure_after_a_document_adds_no_second_one() {
+        let mode = Mode { quiet: false, verbose: false, json: true };
+        let (out, _) = capture(mode, Shape::Document, || {
+            document(&json!({"ok": false, "checks": []}));
+            failure("a check failed");
+        });
+        let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(doc["checks"], json!([]));
     }
 }

@@ -447,3 +447,32 @@ pub fn stop(pid: u32, grace: std::time::Duration) {
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::{tests::capture, Mode, Shape};
+
+    #[test]
+    fn a_childs_streamed_output_is_masked_and_detail_is_hidden_without_verbose() {
+        let secret = "child-printed-s3cr3t";
+        crate::redact::register(secret);
+        let script = format!("echo token={secret}; echo to-stderr {secret} >&2");
+        let mut kept = String::new();
+        let (out, err) = capture(Mode::default(), Shape::Document, || {
+            kept = Command::new("sh").args(["-c", &script]).run().unwrap().stdout;
+        });
+        assert!(out.is_empty(), "children's output goes to stderr: {out}");
+        assert!(err.contains("token=********") && err.contains("to-stderr ********"), "{err}");
+        assert!(!err.contains(secret) && !kept.contains(secret), "{err}{kept}");
+        let (_, err) = capture(Mode::default(), Shape::Document, || {
+            Command::new("sh").args(["-c", &script]).detail().run().unwrap();
+        });
+        assert!(err.is_empty(), "a plan's lines are detail (shown with -v): {err}");
+        let verbose = Mode { verbose: true, ..Mode::default() };
+        let (_, err) = capture(verbose, Shape::Document, || {
+            Command::new("sh").args(["-c", &script]).detail().run().unwrap();
+        });
+        assert!(err.contains("token=********"), "{err}");
+    }
+}

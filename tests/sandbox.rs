@@ -136,8 +136,17 @@ fn all_local_deploys_a_backend_that_answers_and_leaves_the_real_state_alone() {
     assert_eq!(printed_url(&check, "BACKEND_WS_URL"), url);
 
     // A new image: new task, new address, and it answers too.
-    let run = project.casey(&["image", "--local"], &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
+    let run = project.casey(&["image", "--local", "--json"], &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
     run.assert_ok();
+    // --json: NDJSON only, the pushed image's digest, and a summary that says the same.
+    let events: Vec<serde_json::Value> =
+        run.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let pushed = events.iter().find(|e| e["event"] == "pushed").unwrap_or_else(|| panic!("{}", run.stdout));
+    assert!(pushed["digest"].as_str().is_some_and(|d| d.starts_with("sha256:") && d.len() == 71), "{pushed}");
+    assert!(events.iter().any(|e| e["event"] == "completed"), "the rollout was followed: {}", run.stdout);
+    let summary = events.last().unwrap();
+    assert_eq!((summary["event"].as_str(), summary["ok"].as_bool()), (Some("summary"), Some(true)), "{summary}");
+    assert_eq!(summary["digest"], pushed["digest"]);
     let url2 = printed_url(&project.casey(&["backend-url", "--local"], &[]), "BACKEND_WS_URL");
     assert_ne!(url, url2, "the rollout replaced the task");
     assert_backend_answers(&url2);
