@@ -34,7 +34,7 @@ fn throttled_ecs_and_ecr_calls_are_absorbed_by_all() {
     emulator.control("POST", "/_casey/ecr/registry", &json!({ "registry": registry }));
     let project = Project::new(&emulator);
     // Terraform's own retries (the provider's default, not the tests'
-    // max_retries = 1) are part of what absorbs throttling.
+    // max_retries = 3) are part of what absorbs throttling.
     std::fs::remove_file(project.tf_dir().join("test_override.tf")).unwrap();
     let repo = format!("ecr_repository_name={}", unique("faults-throttle"));
     let (_dir, context) = unique_context();
