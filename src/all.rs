@@ -15,25 +15,21 @@ use anyhow::{Context as _, Result};
 
 use crate::cli::AllArgs;
 use crate::context::Ctx;
-use crate::image::{self, Image, Source};
+use crate::image;
 use crate::infra::{self, Outcome};
 use crate::outputs::Repository;
-use crate::sandbox::{self, Sandbox};
+use crate::publish::Source;
+use crate::publish::{self, Built, Method};
 use crate::url;
 use crate::{out, say};
 
 const STEPS: &[&str] = &["docker", "infra", "build", "push", "rollout", "backend-url"];
-/// Under --local the image step picks its own path (Docker or cargo).
-const LOCAL_STEPS: &[&str] = &["infra", "image", "backend-url"];
 
 pub fn run(ctx: &Ctx, args: &AllArgs) -> Result<()> {
     let started = Instant::now();
     let mut summary = Summary::default();
-    let result = match &ctx.sandbox {
-        Some(sandbox) => local_steps(ctx, sandbox, args, &mut summary),
-        None => steps(ctx, args, &mut summary),
-    };
-    summary.print(started.elapsed(), if ctx.sandbox.is_some() { LOCAL_STEPS } else { STEPS });
+    let result = steps(ctx, args, &mut summary);
+    summary.print(started.elapsed(), STEPS);
     let resolved = result?;
     say!("Set this in the frontend's environment and redeploy it:");
     out!("NEXT_PUBLIC_WS_URL={}", resolved.url());
@@ -50,9 +46,9 @@ pub fn run(ctx: &Ctx, args: &AllArgs) -> Result<()> {
 enum Early {
     /// No stack yet (or its outputs unreadable): build after the apply.
     NoStack,
-    /// The repository read before the apply, and the image built for it.
+    /// The repository read before the apply, and what was built for it.
     Built {
-        built: Box<(Repository, Image)>,
+        built: Box<(Repository, Built)>,
         took: Duration,
     },
     Failed {
@@ -63,13 +59,16 @@ enum Early {
 
 fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolved> {
     // Cheap checks first: nothing slow starts when docker or the context is wrong.
-    let source = summary.step("docker", || {
-        image::check_docker()?;
-        Source::new(&ctx.project, &args.image)
+    let (method, source) = summary.step("docker", || {
+        let method = publish::method(ctx)?;
+        Ok((method, Source::new(&ctx.project, &args.image)?))
     })?;
+    if let Method::Binary(_) = &method {
+        summary.note("docker", "cargo build instead");
+    }
 
     let (infra_result, early) = std::thread::scope(|scope| {
-        let early = (!args.sequential).then(|| scope.spawn(|| early_build(ctx, args, &source)));
+        let early = (!args.sequential).then(|| scope.spawn(|| early_build(ctx, args, &method, &source)));
         let infra_result = summary.step("infra", || infra::run(ctx, &args.infra));
         let early = early.map(|handle| handle.join().unwrap_or(Early::NoStack));
         (infra_result, early)
@@ -82,31 +81,36 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
     let outcome = infra_result?;
     summary.note("infra", outcome.note());
 
-    let (repo, image) = match early {
+    let (repo, built) = match early {
         Some(Early::Built { built, .. }) => {
-            let (repo, image) = *built;
-            let repo = if outcome == Outcome::NoChanges { repo } else { Repository::load(ctx)? };
-            let current = Image::from_source(source, &args.image, &repo);
-            if current.refs() != image.refs() {
-                say!("==> the repository changed during the apply: tagging the image for {}", current.repository);
-                image::retag(&image, &current)?;
-            }
-            (repo, current)
+            let (repo, built) = *built;
+            let repo = if outcome == Outcome::NoChanges { repo } else { ctx.repository()? };
+            let current = publish::image_for(ctx, source, &args.image, &repo);
+            let built = match built {
+                Built::Docker(image) if current.refs() != image.refs() => {
+                    say!("==> the repository changed during the apply: tagging the image for {}", current.repository);
+                    crate::docker::retag(&image, &current)?;
+                    Built::Docker(current)
+                }
+                Built::Binary { binary, .. } => Built::Binary { image: current, binary },
+                same => same,
+            };
+            (repo, built)
         }
         Some(Early::Failed { error, .. }) => return Err(error.context("`all` stopped at step `build`")),
         Some(Early::NoStack) | None => {
-            let repo = Repository::load(ctx)?;
-            let current = Image::from_source(source, &args.image, &repo);
-            summary.step("build", || image::build(&current, false))?;
-            (repo, current)
+            let repo = ctx.repository()?;
+            let image = publish::image_for(ctx, source, &args.image, &repo);
+            let built = summary.step("build", || publish::build(ctx, &method, image, false))?;
+            (repo, built)
         }
     };
 
-    let pushed = summary.step("push", || image::push(ctx, &image, &repo))?;
-    image::print_pushed(&image, &pushed);
-    summary.pushed = Some(pushed.to_json(&image));
-    let outputs =
-        summary.step("rollout", || image::deploy(ctx, &args.image, &image, &args.infra.tf, args.infra.yes))?;
+    let pushed = summary.step("push", || publish::push(ctx, &built, &repo))?;
+    let image = built.image();
+    summary.pushed = Some(pushed.to_json(image));
+    let yes = args.infra.yes || ctx.auto_approve();
+    let outputs = summary.step("rollout", || image::deploy(ctx, &args.image, image, &args.infra.tf, yes))?;
     if matches!(outcome, Outcome::WaitingForImage(_)) {
         summary.note("rollout", "created the service");
     }
@@ -117,30 +121,17 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
     Ok(resolved)
 }
 
-/// The sandbox's deploy: the same infra and backend-url, and the image step
-/// of `image --local`.
-fn local_steps(ctx: &Ctx, sandbox: &Sandbox, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolved> {
-    let outcome = summary.step("infra", || infra::run(ctx, &args.infra))?;
-    summary.note("infra", outcome.note());
-    let (outputs, image, pushed) =
-        summary.step("image", || sandbox::deploy_image(ctx, sandbox, &args.image, &args.infra.tf))?;
-    summary.pushed = Some(pushed.to_json(&image));
-    let resolved = summary.step("backend-url", || url::resolve(ctx, &outputs, Duration::from_secs(30)))?;
-    url::print_text(&resolved);
-    Ok(resolved)
-}
-
 /// Runs alongside `infra`: read the outputs and, when the stack exists,
 /// build the image (output captured).
-fn early_build(ctx: &Ctx, args: &AllArgs, source: &Source) -> Early {
-    let Ok(repo) = Repository::load(ctx) else { return Early::NoStack };
-    let image = Image::from_source(source.clone(), &args.image, &repo);
+fn early_build(ctx: &Ctx, args: &AllArgs, method: &Method, source: &Source) -> Early {
+    let Ok(repo) = ctx.repository() else { return Early::NoStack };
+    let image = publish::image_for(ctx, source.clone(), &args.image, &repo);
     say!("==> the stack exists: building the image while terraform runs (its output is shown if it fails)");
     let start = Instant::now();
-    match image::build(&image, true) {
-        Ok(()) => {
-            say!("==> docker build finished in {:.1}s (in parallel with terraform)", start.elapsed().as_secs_f64());
-            Early::Built { built: Box::new((repo, image)), took: start.elapsed() }
+    match publish::build(ctx, method, image, true) {
+        Ok(built) => {
+            say!("==> the build finished in {:.1}s (in parallel with terraform)", start.elapsed().as_secs_f64());
+            Early::Built { built: Box::new((repo, built)), took: start.elapsed() }
         }
         Err(error) => Early::Failed { error, took: start.elapsed() },
     }

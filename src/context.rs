@@ -112,11 +112,70 @@ impl Ctx {
         self.tf_dir.clone()
     }
 
+    /// An ECR client for `region` (the stack's region may differ from the run's).
+    pub fn ecr(&self, region: &str) -> aws_sdk_ecr::Client {
+        let config = aws_sdk_ecr::config::Builder::from(&self.sdk)
+            .region(aws_sdk_ecr::config::Region::new(region.to_owned()))
+            .build();
+        aws_sdk_ecr::Client::from_conf(config)
+    }
+
+    /// The applied stack's outputs.
+    pub fn outputs(&self) -> Result<crate::outputs::Outputs> {
+        crate::outputs::Outputs::load(&self.terraform(&TfArgs::default()))
+    }
+
+    /// The stack's image repository (it exists before the ECS service does).
+    pub fn repository(&self) -> Result<crate::outputs::Repository> {
+        crate::outputs::Repository::load(&self.terraform(&TfArgs::default()), &self.region())
+    }
+
     /// Terraform with the variables that keep the stack and this tool in
     /// agreement (region and the two user names), then the user's.
     pub fn terraform(&self, user: &TfArgs) -> Terraform {
         let base = base_vars(&self.region(), &self.principals, self.pin.as_ref());
-        Terraform::new(&self.terraform_dir(), &base, user)
+        Terraform::new(&self.terraform_dir(), &base, &user.vars, &user.var_files)
+    }
+}
+
+/// What the target provides to the steps, so that no step asks which target
+/// it is: against AWS, pushes go to ECR and nothing else is needed; the
+/// sandbox has its own registry and task runner.
+impl Ctx {
+    /// The sandbox is throwaway: its applies need no confirmation.
+    pub fn auto_approve(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
+    /// The registry images are pushed to instead of the ECR host.
+    pub fn push_registry(&self) -> Option<String> {
+        self.sandbox.as_ref().and_then(|s| s.registry.clone())
+    }
+
+    /// The target has a Docker engine but nowhere to push (a sandbox whose registry could not start).
+    pub fn push_registry_missing(&self) -> bool {
+        self.sandbox.as_ref().is_some_and(|s| s.registry.is_none())
+    }
+
+    /// Whether the target runs the cargo-built backend when Docker cannot build.
+    pub fn accepts_binary_images(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
+    /// An image was pushed to `registry`: the target's tasks run it from there.
+    pub fn images_pushed_to(&self, registry: &str) -> Result<()> {
+        match &self.sandbox {
+            Some(sandbox) => sandbox.serve_images_from(registry),
+            None => Ok(()),
+        }
+    }
+
+    /// The target's tasks run `binary` as local processes.
+    pub fn run_tasks_as_processes(&self, binary: &Path) -> Result<()> {
+        match &self.sandbox {
+            Some(sandbox) => sandbox.run_binary(binary),
+            None => bail!("AWS runs images, not local binaries: build the image with Docker"),
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
 use serde_json::{Map, Value};
 
-use crate::cli::{Global, TfArgs};
+use crate::cli::Global;
 use crate::env::{self, Settings, Source};
 use crate::identity::{self, Identity, Principals, Role};
 use crate::process::{check_interrupted, Command};
@@ -725,7 +725,7 @@ fn check_region(
 
 /// Has the stack been applied? Its cluster, service and ALB setting.
 fn check_stack(report: &mut Report, tf_dir: &Path, deploy: &Deploy) -> Result<()> {
-    let tf = Terraform::new(tf_dir, &[], &TfArgs::default());
+    let tf = Terraform::new(tf_dir, &[], &[], &[]);
     let outputs = match tf.outputs() {
         Ok(outputs) => outputs,
         Err(err) if err.is::<crate::process::Interrupted>() => return Err(err),

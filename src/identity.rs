@@ -207,7 +207,7 @@ pub fn check_account(identity: &Identity, pin: Option<&Pin>) -> Result<()> {
 
 /// `account_id` from the local state, when there is one.
 fn state_account(tf_dir: &Path) -> Result<Option<(String, std::path::PathBuf)>> {
-    let Some(path) = crate::outputs::local_state(tf_dir) else { return Ok(None) };
+    let Some(path) = crate::terraform::local_state(tf_dir) else { return Ok(None) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("could not read {}", path.display()))?;
     let state: serde_json::Value = serde_json::from_str(&text).with_context(|| {
         format!("{} is not a Terraform state (not JSON); restore it from terraform.tfstate.backup", path.display())

@@ -84,7 +84,7 @@ pub fn command(ctx: &Ctx, args: &InfraArgs) -> Result<()> {
 
 pub fn run(ctx: &Ctx, args: &InfraArgs) -> Result<Outcome> {
     // The sandbox is throwaway: --local applies without asking.
-    let args = &InfraArgs { yes: args.yes || ctx.sandbox.is_some(), ..args.clone() };
+    let args = &InfraArgs { yes: args.yes || ctx.auto_approve(), ..args.clone() };
     let tf = ctx.terraform(&args.tf);
     // Read before this run's own apply writes its marker.
     let interrupted = crate::terraform::interrupted_apply(tf.dir());
@@ -329,7 +329,7 @@ fn missing_image(ctx: &Ctx, plan: &Value) -> Result<Option<String>> {
             None => return Ok(None),
         },
     };
-    if crate::image::in_ecr(ctx, &region, &name, &reference)? {
+    if ctx.block_on(crate::ecr::has_image(&ctx.ecr(&region), &name, &reference))? {
         return Ok(None);
     }
     let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
@@ -392,7 +392,7 @@ fn targets_without(plan: &Value, except: &[&str]) -> Vec<String> {
 
 /// The managed resources in the state (`type.name`, without instance keys).
 pub fn state_resources(tf: &Terraform) -> Result<Vec<String>> {
-    if let Some(file) = crate::outputs::local_state(tf.dir()) {
+    if let Some(file) = crate::terraform::local_state(tf.dir()) {
         let text = std::fs::read_to_string(&file).with_context(|| format!("could not read {}", file.display()))?;
         let state: Value =
             serde_json::from_str(&text).with_context(|| format!("{} is not a Terraform state", file.display()))?;

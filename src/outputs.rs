@@ -11,14 +11,13 @@
 //! configuration or its providers: ~0.05 s. Any other setup (S3, Terraform
 //! Cloud, workspaces) takes the normal path.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::{Map, Value};
 
-use crate::cli::TfArgs;
-use crate::context::Ctx;
 use crate::process::Command;
+use crate::terraform::Terraform;
 
 /// What the deploy verbs need from the applied stack.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,9 +38,9 @@ pub struct Outputs {
 const NOT_APPLIED: &str = "the stack has not been applied: run `casey-deploy infra` first";
 
 impl Outputs {
-    /// Read the outputs of the stack in `<project>/terraform`.
-    pub fn load(ctx: &Ctx) -> Result<Outputs> {
-        Outputs::from_map(&load_map(ctx)?)
+    /// Read the outputs of the stack `tf` applies.
+    pub fn load(tf: &Terraform) -> Result<Outputs> {
+        Outputs::from_map(&load_map(tf)?)
     }
 
     /// Parse the `name → value` map [`crate::terraform::Terraform::outputs`] returns.
@@ -95,14 +94,13 @@ impl Outputs {
 
 /// The `name → value` map of the stack's outputs: the local state file read
 /// directly when that is what terraform would read, else `terraform output`.
-fn load_map(ctx: &Ctx) -> Result<Map<String, Value>> {
-    let tf = ctx.terraform(&TfArgs::default());
+pub fn load_map(tf: &Terraform) -> Result<Map<String, Value>> {
     // Neither initialised nor a local state: a fresh checkout, from which
     // the stack was never applied (terraform would only ask for `init`).
     if !tf.dir().join(".terraform").is_dir() && !tf.dir().join("terraform.tfstate").is_file() {
         bail!("{NOT_APPLIED} (terraform was never initialised in {})", tf.dir().display());
     }
-    if let Some(state) = local_state(tf.dir()) {
+    if let Some(state) = crate::terraform::local_state(tf.dir()) {
         match outputs_of_state_file(&state) {
             Ok(map) => return Ok(map),
             Err(err) => crate::say!("note: reading {} directly failed ({err:#}); asking terraform", state.display()),
@@ -130,8 +128,8 @@ pub struct Repository {
 impl Repository {
     /// The outputs of a partial first apply lack `aws_region` (no targeted
     /// resource refers to it): it is then the region this run passes.
-    pub fn load(ctx: &Ctx) -> Result<Repository> {
-        Repository::from_map(&load_map(ctx)?, &ctx.region())
+    pub fn load(tf: &Terraform, region: &str) -> Result<Repository> {
+        Repository::from_map(&load_map(tf)?, region)
     }
 
     pub fn from_map(map: &Map<String, Value>, region: &str) -> Result<Repository> {
@@ -155,37 +153,6 @@ impl Repository {
     pub fn name(&self) -> &str {
         self.url.split_once('/').map_or("", |(_, name)| name)
     }
-}
-
-/// The local state file, when it is exactly what terraform would read in
-/// `dir`: no backend block (initialised or not), the default workspace.
-pub(crate) fn local_state(dir: &Path) -> Option<PathBuf> {
-    let state = dir.join("terraform.tfstate");
-    if !state.is_file() || dir.join(".terraform").join("terraform.tfstate").exists() {
-        return None;
-    }
-    let workspace = std::fs::read_to_string(dir.join(".terraform").join("environment")).unwrap_or_default();
-    let env_workspace = std::env::var("TF_WORKSPACE").unwrap_or_default();
-    if ![workspace.trim(), env_workspace.trim()].iter().all(|w| w.is_empty() || *w == "default") {
-        return None;
-    }
-    // A backend block not initialised yet: terraform itself must say so.
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let text = || std::fs::read_to_string(entry.path()).unwrap_or_default();
-        let remote = if name.ends_with(".tf.json") {
-            let text = text().replace(char::is_whitespace, "");
-            text.contains("\"backend\":") || text.contains("\"cloud\":")
-        } else if name.ends_with(".tf") {
-            text().lines().map(str::trim_start).any(|l| l.starts_with("backend \"") || l.starts_with("cloud {"))
-        } else {
-            false
-        };
-        if remote {
-            return None;
-        }
-    }
-    Some(state)
 }
 
 /// `terraform output -json -state=FILE` from an empty folder: terraform
@@ -254,25 +221,6 @@ mod tests {
         v["recommended_ws_url"] = json!("ws://casey-backend-1.us-east-1.elb.amazonaws.com/ws");
         let o = Outputs::from_map(&map(v)).unwrap();
         assert_eq!(o.recommended_ws_url.as_deref(), Some("ws://casey-backend-1.us-east-1.elb.amazonaws.com/ws"));
-    }
-
-    #[test]
-    fn the_local_state_is_read_directly_only_without_a_backend() {
-        let dir = std::env::temp_dir().join(format!("casey-deploy-outputs-test-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join(".terraform")).unwrap();
-        std::fs::write(dir.join("main.tf"), "resource \"aws_lb\" \"backend\" {\n}\n").unwrap();
-        assert_eq!(local_state(&dir), None, "no state yet");
-        std::fs::write(dir.join("terraform.tfstate"), "{}").unwrap();
-        assert_eq!(local_state(&dir), Some(dir.join("terraform.tfstate")));
-        std::fs::write(dir.join(".terraform/environment"), "staging").unwrap();
-        assert_eq!(local_state(&dir), None, "another workspace");
-        std::fs::remove_file(dir.join(".terraform/environment")).unwrap();
-        std::fs::write(dir.join("backend.tf"), "terraform {\n  backend \"s3\" {\n  }\n}\n").unwrap();
-        assert_eq!(local_state(&dir), None, "a backend block");
-        std::fs::remove_file(dir.join("backend.tf")).unwrap();
-        std::fs::write(dir.join(".terraform/terraform.tfstate"), "{}").unwrap();
-        assert_eq!(local_state(&dir), None, "an initialised backend");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

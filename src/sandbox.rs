@@ -19,10 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::cli::{ImageArgs, SandboxAction, TfArgs};
-use crate::context::Ctx;
-use crate::image::{self, Image};
-use crate::outputs::{Outputs, Repository};
+use crate::cli::SandboxAction;
 use crate::process::{self, Command};
 use crate::redact;
 
@@ -303,132 +300,34 @@ pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
     Ok(tf)
 }
 
-/// `image --local`: the Docker path when it can work, else cargo + local
-/// processes; then the same rollout as against AWS (which creates the ECS
-/// service when the first apply left it out for want of an image). Returns
-/// the stack's outputs, for the steps after it.
-pub fn deploy_image(
-    ctx: &Ctx,
-    sandbox: &Sandbox,
-    args: &ImageArgs,
-    tf: &TfArgs,
-) -> Result<(Outputs, Image, image::Pushed)> {
-    let repo = Repository::load(ctx)?;
-    match docker_path(sandbox) {
-        Ok(registry) => {
-            let mut args = args.clone();
-            args.registry = Some(registry.clone());
-            let image = Image::new(&ctx.project, &args, &repo)?;
-            match image::build(&image, false) {
-                Ok(()) => {
-                    let pushed = image::push(ctx, &image, &repo)?;
-                    image::print_pushed(&image, &pushed);
-                    // The emulator's ECR reads this registry: ECR and the tasks see the pushed image.
-                    control(&sandbox.endpoint, "POST", "/_casey/ecr/registry", Some(json!({"registry": registry})))?;
-                    control(&sandbox.endpoint, "POST", "/_casey/runner", Some(json!({"mode": "docker", "registry": registry})))?;
-                    crate::say!("==> sandbox: tasks run as containers of {}", image.latest_ref());
-                    let outputs = image::deploy(ctx, &args, &image, tf, true)?;
-                    return Ok((outputs, image, pushed));
-                }
-                Err(err) => crate::say!(
-                    "==> sandbox: the image did not build ({}); building the backend with cargo and running the tasks as local processes instead",
-                    first_line(&format!("{err:#}"))
-                ),
-            }
-        }
-        Err(reason) => {
-            crate::say!(
-                "==> sandbox: {reason}: building the backend with cargo and running the tasks as local processes"
-            )
-        }
+impl Sandbox {
+    /// Images are pushed to `registry`: the emulator's ECR reads it, and its
+    /// tasks run as containers of the pushed image.
+    pub fn serve_images_from(&self, registry: &str) -> Result<()> {
+        control(&self.endpoint, "POST", "/_casey/ecr/registry", Some(json!({"registry": registry})))?;
+        control(&self.endpoint, "POST", "/_casey/runner", Some(json!({"mode": "docker", "registry": registry})))?;
+        crate::say!("==> sandbox: tasks run as containers of the images in {registry}");
+        Ok(())
     }
-    let binary = cargo_build_backend(&ctx.project)?;
-    let log_dir = sandbox.dir.join("tasks");
-    std::fs::create_dir_all(&log_dir)?;
-    control(
-        &sandbox.endpoint,
-        "POST",
-        "/_casey/runner",
-        Some(json!({"mode": "process", "backend_bin": binary, "log_dir": log_dir})),
-    )?;
-    let image = Image::new(&ctx.project, args, &repo)?;
-    let pushed = record_binary_image(ctx, &repo, &image, Path::new(&binary))?;
-    image::print_pushed(&image, &pushed);
-    let outputs = image::deploy(ctx, args, &image, tf, true)?;
-    Ok((outputs, image, pushed))
-}
 
-/// The cargo path has no image, but ECS (and the emulator, as strict as ECS)
-/// only starts tasks of an image that is in ECR: record one with ECR
-/// PutImage, a manifest whose single layer is the binary's digest. moto's ECR
-/// keeps manifests only, so no layer is uploaded.
-fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, binary: &Path) -> Result<image::Pushed> {
-    use sha2::Digest as _;
-    let bytes = std::fs::read(binary).with_context(|| format!("could not read {}", binary.display()))?;
-    let sha256 = |data: &[u8]| {
-        sha2::Sha256::digest(data).iter().fold(String::from("sha256:"), |mut hex, b| {
-            hex.push_str(&format!("{b:02x}"));
-            hex
-        })
-    };
-    let layer = sha256(&bytes);
-    let config = json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["casey-backend"]},
-                        "rootfs": {"type": "layers", "diff_ids": [layer]}})
-    .to_string();
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": config.len(),
-                   "digest": sha256(config.as_bytes())},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": bytes.len(), "digest": layer}],
-    })
-    .to_string();
-    for tag in [image.tag.as_str(), "latest"] {
-        image::put_manifest(ctx, repo, &manifest, tag)?;
+    /// Tasks run `binary` (the cargo-built backend) as local processes.
+    pub fn run_binary(&self, binary: &Path) -> Result<()> {
+        let log_dir = self.dir.join("tasks");
+        std::fs::create_dir_all(&log_dir).with_context(|| format!("could not create {}", log_dir.display()))?;
+        control(
+            &self.endpoint,
+            "POST",
+            "/_casey/runner",
+            Some(json!({"mode": "process", "backend_bin": binary, "log_dir": log_dir})),
+        )?;
+        Ok(())
     }
-    crate::say!("==> sandbox: recorded {} (the cargo-built backend) in ECR", image.immutable_ref());
-    Ok(image::Pushed { digest: sha256(manifest.as_bytes()) })
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or(text)
-}
-
-/// The registry to push to, when the Docker path can work.
-fn docker_path(sandbox: &Sandbox) -> std::result::Result<String, String> {
-    image::check_docker().map_err(|_| "no Docker engine is reachable".to_owned())?;
-    sandbox.registry.clone().ok_or_else(|| "no local registry (`docker-registry`) is available".to_owned())
-}
-
-/// `cargo build` of `backend/`; returns the binary's path.
-fn cargo_build_backend(project: &Path) -> Result<String> {
-    let manifest = project.join("backend").join("Cargo.toml");
-    if !manifest.exists() {
-        bail!("{} does not exist: the sandbox builds the backend from the project's backend/", manifest.display());
-    }
-    let manifest = manifest.display().to_string();
-    crate::say!("==> cargo build (backend)");
-    Command::new("cargo")
-        .args(["build", "--locked", "--bin", "casey-backend", "--manifest-path", &manifest])
-        .run_ok()?;
-    let meta = Command::new("cargo")
-        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path", &manifest])
-        .quiet()
-        .run_ok()?;
-    let meta: Value =
-        serde_json::from_str(&meta.stdout).context("`cargo metadata` printed something that is not JSON")?;
-    let target = meta["target_directory"].as_str().context("`cargo metadata` has no target_directory")?;
-    let binary = Path::new(target).join("debug").join("casey-backend");
-    if !binary.exists() {
-        bail!("cargo built the backend but {} is missing", binary.display());
-    }
-    Ok(binary.display().to_string())
 }
 
 /// Start Debian's `docker-registry` (no auth, loopback only) when a Docker
 /// engine is reachable. Failing that, the sandbox uses the cargo path.
 fn start_registry(dir: &Path) {
-    if image::check_docker().is_err() {
+    if crate::docker::check().is_err() {
         return;
     }
     let Ok(port) = free_port() else { return };

@@ -163,6 +163,37 @@ pub fn interrupted_apply(tf_dir: &Path) -> Option<InterruptedApply> {
     (pid != std::process::id() && !crate::process::alive(pid)).then_some(InterruptedApply { pid, started })
 }
 
+/// The local state file, when it is exactly what terraform would read in
+/// `dir`: no backend block (initialised or not), the default workspace.
+pub fn local_state(dir: &Path) -> Option<PathBuf> {
+    let state = dir.join("terraform.tfstate");
+    if !state.is_file() || dir.join(".terraform").join("terraform.tfstate").exists() {
+        return None;
+    }
+    let workspace = std::fs::read_to_string(dir.join(".terraform").join("environment")).unwrap_or_default();
+    let env_workspace = std::env::var("TF_WORKSPACE").unwrap_or_default();
+    if ![workspace.trim(), env_workspace.trim()].iter().all(|w| w.is_empty() || *w == "default") {
+        return None;
+    }
+    // A backend block not initialised yet: terraform itself must say so.
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let text = || std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let remote = if name.ends_with(".tf.json") {
+            let text = text().replace(char::is_whitespace, "");
+            text.contains("\"backend\":") || text.contains("\"cloud\":")
+        } else if name.ends_with(".tf") {
+            text().lines().map(str::trim_start).any(|l| l.starts_with("backend \"") || l.starts_with("cloud {"))
+        } else {
+            false
+        };
+        if remote {
+            return None;
+        }
+    }
+    Some(state)
+}
+
 /// Terraform rewrites its local state file in place while it applies; killed
 /// at that moment it leaves the file empty or cut short. After an apply that
 /// did not end by itself, such a file is replaced by `terraform.tfstate.backup`
@@ -171,7 +202,7 @@ pub fn interrupted_apply(tf_dir: &Path) -> Option<InterruptedApply> {
 /// identity guard reads the state's account.
 pub fn recover_state(tf_dir: &Path) -> Result<()> {
     let Some(earlier) = interrupted_apply(tf_dir) else { return Ok(()) };
-    let Some(state) = crate::outputs::local_state(tf_dir) else { return Ok(()) };
+    let Some(state) = local_state(tf_dir) else { return Ok(()) };
     let text = std::fs::read_to_string(&state).unwrap_or_default();
     if serde_json::from_str::<Value>(&text).is_ok() {
         return Ok(());
@@ -216,14 +247,14 @@ pub enum Plan {
 }
 
 impl Terraform {
-    /// `base` are the tool's own variables (region, user names); `user` come
-    /// from --var and --var-file and are passed after them, so they win.
-    pub fn new(dir: &Path, base: &[(String, String)], user: &crate::cli::TfArgs) -> Self {
+    /// `base` are the tool's own variables (region, user names); `vars` and
+    /// `var_files` come from --var and --var-file and are passed after them, so they win.
+    pub fn new(dir: &Path, base: &[(String, String)], vars: &[(String, String)], var_files: &[PathBuf]) -> Self {
         let mut var_args = Vec::new();
-        for (k, v) in base.iter().chain(&user.vars) {
+        for (k, v) in base.iter().chain(vars) {
             var_args.push(format!("-var={k}={v}"));
         }
-        for file in &user.var_files {
+        for file in var_files {
             var_args.push(format!("-var-file={}", absolute(file).display()));
         }
         sweep_stale_plans(dir);
@@ -465,5 +496,24 @@ mod tests {
         assert!(f.to_string().contains("enable_alb=false"));
         let f = failure("│ Error: Error acquiring the state lock\n│ Lock Info:\n│   ID:        3f0c1a2b-1111-2222-3333-444455556666\n");
         assert!(f.to_string().contains("force-unlock 3f0c1a2b-1111-2222-3333-444455556666"));
+    }
+
+    #[test]
+    fn the_local_state_is_read_directly_only_without_a_backend() {
+        let dir = std::env::temp_dir().join(format!("casey-deploy-outputs-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join(".terraform")).unwrap();
+        std::fs::write(dir.join("main.tf"), "resource \"aws_lb\" \"backend\" {\n}\n").unwrap();
+        assert_eq!(local_state(&dir), None, "no state yet");
+        std::fs::write(dir.join("terraform.tfstate"), "{}").unwrap();
+        assert_eq!(local_state(&dir), Some(dir.join("terraform.tfstate")));
+        std::fs::write(dir.join(".terraform/environment"), "staging").unwrap();
+        assert_eq!(local_state(&dir), None, "another workspace");
+        std::fs::remove_file(dir.join(".terraform/environment")).unwrap();
+        std::fs::write(dir.join("backend.tf"), "terraform {\n  backend \"s3\" {\n  }\n}\n").unwrap();
+        assert_eq!(local_state(&dir), None, "a backend block");
+        std::fs::remove_file(dir.join("backend.tf")).unwrap();
+        std::fs::write(dir.join(".terraform/terraform.tfstate"), "{}").unwrap();
+        assert_eq!(local_state(&dir), None, "an initialised backend");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

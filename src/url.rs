@@ -54,7 +54,7 @@ impl Resolved {
 const IP_NOTE: &str = "note: without an ALB this is the task's public IP, which changes on every deploy (a new task gets a new IP): run `casey-deploy backend-url` again after each deploy, or enable the ALB (`casey-deploy infra --var enable_alb=true`) for a stable URL";
 
 pub fn run(ctx: &Ctx, args: &UrlArgs) -> Result<()> {
-    let outputs = Outputs::load(ctx)?;
+    let outputs = ctx.outputs()?;
     let resolved = resolve(ctx, &outputs, Duration::from_secs(args.wait))?;
     let checks = if args.check { Some(check_all(ctx, &resolved)) } else { None };
     print_text(&resolved);

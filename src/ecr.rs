@@ -1,0 +1,77 @@
+//! The ECR calls the deploy makes (SDK, no aws CLI): whether an image is
+//! there, a manifest put, and the registry login. Async, on a client the
+//! caller made (`Ctx::ecr`), so this module needs nothing above it.
+
+use anyhow::{anyhow, Context as _, Result};
+use aws_sdk_ecr::Client;
+use base64::Engine as _;
+
+use crate::redact;
+
+/// Whether ECR holds `reference` (a tag, or a `sha256:` digest) in
+/// repository `name`. A repository that does not exist yet holds nothing.
+pub async fn has_image(ecr: &Client, name: &str, reference: &str) -> Result<bool> {
+    use aws_sdk_ecr::operation::describe_images::DescribeImagesError;
+    use aws_sdk_ecr::types::ImageIdentifier;
+    let id = if reference.starts_with("sha256:") {
+        ImageIdentifier::builder().image_digest(reference).build()
+    } else {
+        ImageIdentifier::builder().image_tag(reference).build()
+    };
+    match ecr.describe_images().repository_name(name).image_ids(id).send().await {
+        Ok(out) => Ok(!out.image_details().is_empty()),
+        Err(err) => match err.as_service_error() {
+            Some(
+                DescribeImagesError::ImageNotFoundException(_) | DescribeImagesError::RepositoryNotFoundException(_),
+            ) => Ok(false),
+            _ => {
+                let next = match crate::aws::failure(&err) {
+                    crate::aws::Failure::Refused => "The admin needs ecr:DescribeImages on the repository",
+                    _ => "ECR is failing, throttling or unreachable (the SDK's retries are spent): run the same command again in a minute",
+                };
+                Err(anyhow!(
+                    "ECR DescribeImages of {name}:{reference} failed: {}\n{next}",
+                    crate::aws::error_text(&err)
+                ))
+            }
+        },
+    }
+}
+
+/// ECR `PutImage` of `manifest` under `tag` in repository `name`; the same
+/// manifest already under that tag is fine.
+pub async fn put_manifest(ecr: &Client, name: &str, manifest: &str, tag: &str) -> Result<()> {
+    use aws_sdk_ecr::operation::put_image::PutImageError;
+    match ecr.put_image().repository_name(name).image_manifest(manifest).image_tag(tag).send().await {
+        Ok(_) => Ok(()),
+        Err(err) if matches!(err.as_service_error(), Some(PutImageError::ImageAlreadyExistsException(_))) => Ok(()),
+        Err(err) => Err(anyhow!("ECR PutImage of {name}:{tag} failed: {}", crate::aws::error_text(&err))),
+    }
+}
+
+/// User and password from ECR `GetAuthorizationToken` (a base64
+/// `AWS:password`), both registered for masking before anything can print them.
+pub async fn login_credentials(ecr: &Client, region: &str) -> Result<(String, String)> {
+    let out = ecr.get_authorization_token().send().await.map_err(|e| {
+        anyhow!(
+            "step `ECR login`: GetAuthorizationToken failed: {}\nThe admin needs ecr:GetAuthorizationToken in region {}",
+            crate::aws::error_text(&e),
+            region
+        )
+    })?;
+    let token = out
+        .authorization_data()
+        .first()
+        .and_then(|d| d.authorization_token())
+        .context("step `ECR login`: GetAuthorizationToken returned no token")?;
+    redact::register(token);
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .context("step `ECR login`: the ECR token is not base64 `user:password`")?;
+    let (user, password) =
+        decoded.split_once(':').context("step `ECR login`: the ECR token is not base64 `user:password`")?;
+    redact::register(password);
+    Ok((user.to_owned(), password.to_owned()))
+}
