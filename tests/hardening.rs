@@ -397,7 +397,7 @@ fn a_silent_sts_endpoint_ends_in_bounded_time_and_says_so() {
     run.assert_fails_with("no answer in time");
     assert!(run.stderr.contains(&format!("STS at {}", server.endpoint)), "{}", run.stderr);
     assert!(run.stderr.contains("did not answer"), "{}", run.stderr);
-    assert!(!run.stderr.contains("Check that the keys are current"), "the keys were not judged:\n{}", run.stderr);
+    assert!(!run.stderr.contains("check that the keys are current"), "the keys were not judged:\n{}", run.stderr);
     assert_clean(&run, &[OTHER_SECRET]);
     assert!(server.requests.load(Ordering::SeqCst) >= 1);
 }
