@@ -61,7 +61,11 @@ impl Ctx {
             admin_principal: global.admin_principal.clone(),
         };
         if sandbox.is_none() {
-            identity::check_separation(&project.join("backend").join(".env"))?;
+            let backend = project.join("backend").join(".env");
+            if let (true, Err(warning)) = (backend.exists(), env::check_permissions(env::BACKEND_MODE, &backend)) {
+                crate::warn!("{warning}");
+            }
+            identity::check_separation(&backend)?;
         }
 
         let rt = Arc::new(
@@ -73,9 +77,7 @@ impl Ctx {
         // One provider resolves the credentials once, for the guard, every
         // SDK client and every child (see aws.rs).
         let (sdk, credentials) = rt.block_on(crate::aws::load_single())?;
-        if sdk.region().is_none() {
-            bail!("no AWS region is set: add AWS_REGION=us-east-1 (or your region) to terraform/.env, or set it in your AWS profile");
-        }
+        env::require_region(sdk.region().map(|r| r.as_ref()))?;
         // The account pin is read (and --account checked) before any call,
         // from a state that a killed apply may have left broken.
         crate::terraform::recover_state(&tf_dir)?;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
+use crate::check::Problem;
 use crate::process::{Command, Output};
 use crate::say;
 
@@ -47,23 +48,38 @@ impl Image {
 }
 
 /// Fail early, with what to do, when docker or its engine is missing.
-pub fn check() -> Result<()> {
+pub fn check() -> Result<String, Problem> {
+    let Some(path) = crate::process::on_path("docker") else {
+        return Err(Problem::fail(
+            "docker",
+            "could not find `docker` on PATH: `casey-deploy image` and `all` cannot build the image",
+            "install Docker (client and engine, https://docs.docker.com/engine/install/) and put `docker` on PATH",
+        ));
+    };
     let out = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
+        .args(["version", "--format", "{{.Client.Version}}|{{.Server.Version}}"])
         .quiet()
         .run()
-        .context("step `docker`: the Docker client is needed to build and push the image")?;
-    if !out.success() || out.stdout.trim().is_empty() {
-        let engine = match std::env::var("DOCKER_HOST") {
-            Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
-            _ => "the current docker context".to_owned(),
-        };
-        bail!(
-            "step `docker`: the Docker engine is not reachable ({engine}):\n{}\nStart it (Docker Desktop, `sudo systemctl start docker`, or `.ci/docker.sh start` for the tests) and check DOCKER_HOST / `docker context ls`",
-            out.tail(3)
-        );
+        .map_err(|err| Problem::fail("docker", format!("{} cannot be run: {err:#}", path.display()), ""))?;
+    let stdout = out.stdout.trim();
+    let (client, server) = stdout.split_once('|').unwrap_or((stdout, ""));
+    let known = |v: &str| !v.is_empty() && !v.contains("<no value>");
+    let client = if known(client) { client } else { "?" };
+    if out.success() && known(server) {
+        return Ok(format!("client {client}, engine {server}"));
     }
-    Ok(())
+    let engine = match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => format!("DOCKER_HOST={host}"),
+        _ => "the current docker context".to_owned(),
+    };
+    let why = out.stderr.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no answer");
+    Err(Problem::fail(
+        "docker",
+        format!(
+            "step `docker`: the Docker engine is not reachable ({engine}): {why}; `casey-deploy image` and `all` need it (client {client})"
+        ),
+        "start it (Docker Desktop, `sudo systemctl start docker`, or `.ci/docker.sh start` for the tests) and check DOCKER_HOST / `docker context ls`; `docker version` repeats this check",
+    ))
 }
 
 /// `docker build --platform linux/amd64`, tagged with both tags. `quiet`

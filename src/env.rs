@@ -9,9 +9,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-
+use crate::check::Problem;
 use crate::redact::{self, key_hint};
+
+/// The names of the env files' checks, as doctor lists them.
+pub const DEPLOY_FILE: &str = "terraform/.env";
+pub const DEPLOY_MODE: &str = "terraform/.env mode";
+pub const BACKEND_FILE: &str = "backend/.env";
+pub const BACKEND_MODE: &str = "backend/.env mode";
 
 /// Variables whose values are secrets wherever they appear.
 const SECRET_VARS: &[&str] = &["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"];
@@ -48,7 +53,7 @@ impl fmt::Display for Source {
 pub struct Settings {
     pub source: Source,
     /// Warnings to show (e.g. file permissions).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Problem>,
 }
 
 impl Settings {
@@ -93,38 +98,89 @@ pub fn looks_like_region(region: &str) -> bool {
 }
 
 /// Refuse a region setting that is not a region name, without echoing it.
-pub fn check_region() -> Result<()> {
+pub fn check_region() -> Result<(), Problem> {
     for key in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
         let value = std::env::var(key).unwrap_or_default();
         if !value.trim().is_empty() && !looks_like_region(value.trim()) {
-            bail!(
-                "{key} is not an AWS region name (such as us-east-1); its value is not shown, in case a key was pasted there. Fix {key} in terraform/.env or in the environment"
-            );
+            return Err(Problem::fail(
+                "region",
+                format!("{key} is not an AWS region name (such as us-east-1); its value is not shown, in case a key was pasted there"),
+                format!("fix {key} in terraform/.env or in the environment"),
+            ));
         }
     }
     Ok(())
 }
 
+/// Refuse to run without a region (`region`: what the SDK resolved).
+pub fn require_region(region: Option<&str>) -> Result<(), Problem> {
+    match region {
+        Some(_) => Ok(()),
+        None => Err(Problem::fail(
+            "region",
+            "no AWS region is set",
+            "add AWS_REGION=us-east-1 (or your region) to terraform/.env, or set it in your AWS profile",
+        )),
+    }
+}
+
+/// A warning when backend/.env names another region than terraform uses: a
+/// local backend would look for the stack's resources there.
+pub fn check_backend_region(deploy: &str, backend: &BTreeMap<String, String>) -> Result<(), Problem> {
+    match region_of(backend).filter(|b| looks_like_region(b)) {
+        Some(b) if b != deploy => Err(Problem::warn(
+            "region",
+            format!("terraform uses {deploy}, backend/.env {b}: a local backend would look for the stack's resources in {b}"),
+            "set the same AWS_REGION in terraform/.env and backend/.env",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The region an env file sets (AWS_REGION, else AWS_DEFAULT_REGION).
+pub fn region_of(vars: &BTreeMap<String, String>) -> Option<&str> {
+    ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().filter_map(|k| vars.get(*k)).map(|v| v.trim()).find(|v| !v.is_empty())
+}
+
 /// Read `env_file` (an explicit path must exist; the default may be absent),
 /// layer it over the process environment, and register secrets for redaction.
-pub fn load(env_file: &Path, explicit: bool) -> Result<Settings> {
+pub fn load(env_file: &Path, explicit: bool) -> Result<Settings, Problem> {
     if env_file.exists() {
-        let warnings = permission_warning(env_file).into_iter().collect();
-        let vars = read_env_file(env_file)?;
+        let warnings = check_permissions(DEPLOY_MODE, env_file).err().into_iter().collect();
+        let vars = read_env_file(DEPLOY_FILE, env_file)?;
         Ok(Settings { warnings, ..layer(Some(env_file), vars)? })
     } else if explicit {
-        bail!(
-            "env file {} does not exist; create it from terraform/.env.example or drop --env-file",
-            env_file.display()
-        );
+        Err(missing_explicit(env_file))
     } else {
         layer(None, BTreeMap::new())
     }
 }
 
+/// An --env-file that is not there.
+pub fn missing_explicit(env_file: &Path) -> Problem {
+    Problem::fail(
+        DEPLOY_FILE,
+        format!("env file {} does not exist (given by --env-file or CASEY_ENV_FILE)", env_file.display()),
+        "create it from terraform/.env.example, or drop --env-file",
+    )
+}
+
+/// A warning when there is no terraform/.env and nothing else to find
+/// credentials with but the default chain.
+pub fn check_source(settings: &Settings) -> Result<(), Problem> {
+    match settings.source {
+        Source::DefaultChain => Err(Problem::warn(
+            DEPLOY_FILE,
+            "absent, and no AWS keys or AWS_PROFILE in the environment either",
+            "cp terraform/.env.example terraform/.env, fill in the admin's keys, then `chmod 600 terraform/.env`",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Layer already-parsed `from_file` (read from `env_file`) over the process
 /// environment and work out where the credentials come from.
-pub fn layer(env_file: Option<&Path>, from_file: BTreeMap<String, String>) -> Result<Settings> {
+pub fn layer(env_file: Option<&Path>, from_file: BTreeMap<String, String>) -> Result<Settings, Problem> {
     // Secrets already in the environment are masked whatever the file says.
     register_secrets(std::env::vars());
     let loaded = env_file.map(Path::to_path_buf);
@@ -147,7 +203,11 @@ pub fn layer(env_file: Option<&Path>, from_file: BTreeMap<String, String>) -> Re
     };
     if has_keys && std::env::var("AWS_SECRET_ACCESS_KEY").map_or(true, |v| v.is_empty()) {
         let place = loaded.as_deref().map_or("the environment".to_owned(), |p| p.display().to_string());
-        bail!("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not; add it to {place}");
+        return Err(Problem::fail(
+            "deploy credentials",
+            "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not",
+            format!("add AWS_SECRET_ACCESS_KEY to {place}"),
+        ));
     }
     Ok(Settings { source, warnings: Vec::new() })
 }
@@ -159,30 +219,74 @@ pub const MAX_ENV_FILE: u64 = 64 * 1024;
 /// Parse an env file into key/value pairs. Refuses at once anything that is
 /// not a regular file of at most [`MAX_ENV_FILE`] bytes. A line that cannot
 /// be parsed fails with the file, its line number and at most its key name:
-/// never a value.
-pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text = read_small_file(path)?;
+/// never a value. A problem is named `check` (`terraform/.env`, `backend/.env`).
+pub fn read_env_file(check: &'static str, path: &Path) -> Result<BTreeMap<String, String>, Problem> {
+    let text = read_small_file(path).map_err(|(found, fix)| Problem::fail(check, found, fix))?;
     let mut vars = BTreeMap::new();
     for item in dotenvy::from_read_iter(text.as_bytes()) {
         match item {
             Ok((key, value)) => {
                 vars.insert(key, value);
             }
-            Err(dotenvy::Error::Io(err)) => bail!("could not read {}: {err}", path.display()),
+            Err(dotenvy::Error::Io(err)) => {
+                return Err(Problem::fail(check, format!("could not read {}: {err}", path.display()), ""))
+            }
             // Never dotenvy's own text: it quotes what it choked on, which
             // may be the secret itself.
-            Err(_) => return Err(parse_error(path, &text)),
+            Err(_) => {
+                let (found, fix) = parse_error(path, &text);
+                return Err(Problem::fail(check, found, fix));
+            }
         }
     }
+    // Whatever reads an env file, its secrets are masked from now on.
+    register_secrets(vars.clone());
     Ok(vars)
+}
+
+/// A warning when backend/.env is absent: a local backend runs without AWS.
+pub fn check_backend_present(path: &Path, service_user: &str) -> Result<(), Problem> {
+    if path.exists() {
+        return Ok(());
+    }
+    Err(Problem::warn(
+        BACKEND_FILE,
+        "absent: the backend runs without AWS when started locally",
+        format!("cp backend/.env.example backend/.env, fill in the service account's ({service_user}) keys, then `chmod 600 backend/.env`"),
+    ))
+}
+
+/// The one permissions rule for an env file (it holds AWS keys): anyone
+/// but its owner may read or write it → a warning, fixed by `chmod 600`.
+/// `Ok` holds the mode, for the record.
+pub fn check_permissions(check: &'static str, path: &Path) -> Result<String, Problem> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else { return Ok("mode unknown".to_owned()) };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(format!("mode {mode:o}"));
+    }
+    let what = if mode & 0o022 != 0 { "writable" } else { "readable" };
+    let who = if mode & 0o007 != 0 { "other users" } else { "its group" };
+    Err(Problem::warn(
+        check,
+        format!("{} is {what} by {who} (mode {mode:o}), and it holds AWS keys", path.display()),
+        format!("run `chmod 600 {}`", path.display()),
+    ))
 }
 
 /// The file's text, after checking (without opening it: a FIFO would block)
 /// that it is a regular file of sane size.
-fn read_small_file(path: &Path) -> Result<String> {
+fn read_small_file(path: &Path) -> Result<String, (String, String)> {
     use std::io::Read;
     use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(path).with_context(|| format!("could not read {}", path.display()))?;
+    let unreadable = |err: std::io::Error| {
+        (
+            format!("could not read {}: {err}", path.display()),
+            format!("check that {} is a file you may read", path.display()),
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     let kind = meta.file_type();
     if !kind.is_file() {
         let what = if kind.is_dir() {
@@ -198,42 +302,35 @@ fn read_small_file(path: &Path) -> Result<String> {
         } else {
             "something other than a file"
         };
-        bail!(
-            "{} is {what}, not a regular file; an env file must be a plain text file of KEY=VALUE lines (see terraform/.env.example)",
-            path.display()
-        );
+        return Err((
+            format!("{} is {what}, not a regular file", path.display()),
+            "an env file must be a plain text file of KEY=VALUE lines (see terraform/.env.example)".to_owned(),
+        ));
     }
+    let too_big = format!(
+        "an env file holds a few KEY=VALUE settings and may be at most {} KiB: point --env-file at the right file",
+        MAX_ENV_FILE / 1024
+    );
     if meta.len() > MAX_ENV_FILE {
-        bail!(
-            "{} is {} bytes; an env file holds a few KEY=VALUE settings and may be at most {} KiB: point --env-file at the right file",
-            path.display(),
-            meta.len(),
-            MAX_ENV_FILE / 1024
-        );
+        return Err((format!("{} is {} bytes", path.display(), meta.len()), too_big));
     }
-    let file = std::fs::File::open(path).with_context(|| format!("could not read {}", path.display()))?;
+    let file = std::fs::File::open(path).map_err(unreadable)?;
     // The file may grow between the check and the read: never read more
     // than one byte past the limit.
     let mut bytes = Vec::new();
-    file.take(MAX_ENV_FILE + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("could not read {}", path.display()))?;
+    file.take(MAX_ENV_FILE + 1).read_to_end(&mut bytes).map_err(unreadable)?;
     if bytes.len() as u64 > MAX_ENV_FILE {
-        bail!(
-            "{} grew beyond {} KiB while it was read; an env file may be at most that",
-            path.display(),
-            MAX_ENV_FILE / 1024
-        );
+        return Err((format!("{} grew beyond {} KiB while it was read", path.display(), MAX_ENV_FILE / 1024), too_big));
     }
     String::from_utf8(bytes).map_err(|e| {
         let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|b| **b == b'\n').count() + 1;
-        anyhow::anyhow!("{}:{line}: this line is not UTF-8 text; save the file as UTF-8", path.display())
+        (format!("{}:{line}: this line is not UTF-8 text", path.display()), format!("save {} as UTF-8", path.display()))
     })
 }
 
 /// The error for a file dotenvy could not parse: which line, and why, from
 /// our own reading of the file setting by setting.
-fn parse_error(path: &Path, text: &str) -> anyhow::Error {
+fn parse_error(path: &Path, text: &str) -> (String, String) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (number, line) in logical_lines(text) {
         if dotenvy::from_read_iter(line.as_bytes()).all(|item| item.is_ok()) {
@@ -242,7 +339,7 @@ fn parse_error(path: &Path, text: &str) -> anyhow::Error {
         let (key, why) = diagnose(&line);
         // The rest of the line may be a secret: mask it in anything printed
         // later (doctor goes on after this error).
-        if key.as_deref().is_none_or(is_secret_name) {
+        if key.as_deref().is_none_or(is_secret) {
             for word in line.split(|c: char| c.is_whitespace() || c == '=' || c == '"' || c == '\'') {
                 if Some(word) != key.as_deref() {
                     redact::register(word);
@@ -250,14 +347,20 @@ fn parse_error(path: &Path, text: &str) -> anyhow::Error {
             }
         }
         let named = key.map(|k| format!(" (the line of `{k}`)")).unwrap_or_default();
-        return anyhow::anyhow!(
-            "{}:{number}: cannot parse this line{named}: {why}. Each line must be KEY=VALUE, with quotes around a value that contains spaces (the line itself is not shown: it may hold a secret)",
-            path.display()
+        return (
+            format!(
+                "{}:{number}: cannot parse this line{named}: {why} (the line itself is not shown: it may hold a secret)",
+                path.display()
+            ),
+            format!(
+                "edit {}: each line must be KEY=VALUE, with quotes around a value that contains spaces",
+                path.display()
+            ),
         );
     }
-    anyhow::anyhow!(
-        "{}: cannot parse this file as KEY=VALUE lines (put quotes around values that contain spaces)",
-        path.display()
+    (
+        format!("{}: cannot parse this file as KEY=VALUE lines", path.display()),
+        format!("edit {}: put quotes around values that contain spaces", path.display()),
     )
 }
 
@@ -347,9 +450,10 @@ fn diagnose(line: &str) -> (Option<String>, &'static str) {
     }
 }
 
-/// Whether a variable's value is a secret, judged by its name. Paths to
-/// secrets (`…_TOKEN_FILE`) are not secrets themselves.
-pub fn is_secret_name(key: &str) -> bool {
+/// The one rule for what counts as a secret: whether a variable's value is
+/// one, judged by its name. Paths to secrets (`…_TOKEN_FILE`) are not
+/// secrets themselves. Every value it names is registered for masking.
+pub fn is_secret(key: &str) -> bool {
     let upper = key.to_ascii_uppercase();
     if upper.ends_with("_FILE") || upper.ends_with("_PATH") || upper.ends_with("_DIR") {
         return false;
@@ -363,23 +467,10 @@ pub fn is_secret_name(key: &str) -> bool {
 /// Register every value of a secret-named variable for masking.
 pub fn register_secrets<I: IntoIterator<Item = (String, String)>>(vars: I) {
     for (key, value) in vars {
-        if is_secret_name(&key) {
+        if is_secret(&key) {
             redact::register(&value);
         }
     }
-}
-
-fn permission_warning(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "{} is readable by other users (mode {:o}); it holds AWS keys: run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        )
-    })
 }
 
 #[cfg(test)]
@@ -392,10 +483,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(".env");
         std::fs::write(&path, "AWS_REGION=us-east-1\n# comment\nNOT A VALID LINE\n").unwrap();
-        let err = read_env_file(&path).unwrap_err().to_string();
+        let err = read_env_file(DEPLOY_FILE, &path).unwrap_err().to_string();
         assert!(err.contains(".env:3:"), "{err}");
         std::fs::write(&path, "AWS_REGION=us-east-1\nAWS_SECRET_ACCESS_KEY wJalrXUtnFEMI/K7MDENG\n").unwrap();
-        let err = read_env_file(&path).unwrap_err().to_string();
+        let err = read_env_file(DEPLOY_FILE, &path).unwrap_err().to_string();
         assert!(err.contains(".env:2:") && err.contains("`AWS_SECRET_ACCESS_KEY`"), "{err}");
         assert!(!err.contains("wJalr"), "a secret leaked: {err}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -422,10 +513,10 @@ mod tests {
     #[test]
     fn secret_names() {
         for name in ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GITHUB_TOKEN", "DB_PASSWORD", "OPENAI_API_KEY"] {
-            assert!(is_secret_name(name), "{name}");
+            assert!(is_secret(name), "{name}");
         }
         for name in ["AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_PROFILE"] {
-            assert!(!is_secret_name(name), "{name}");
+            assert!(!is_secret(name), "{name}");
         }
     }
 
@@ -435,7 +526,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(".env");
         std::fs::write(&path, "export AWS_REGION=\"eu-west-1\"\nA='b c'\n").unwrap();
-        let vars = read_env_file(&path).unwrap();
+        let vars = read_env_file(DEPLOY_FILE, &path).unwrap();
         assert_eq!(vars["AWS_REGION"], "eu-west-1");
         assert_eq!(vars["A"], "b c");
         std::fs::remove_dir_all(&dir).unwrap();

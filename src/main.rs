@@ -2,6 +2,7 @@
 
 mod all;
 mod aws;
+mod check;
 mod cli;
 mod context;
 mod docker;

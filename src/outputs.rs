@@ -16,6 +16,7 @@ use std::path::Path;
 use anyhow::{bail, Context as _, Result};
 use serde_json::{Map, Value};
 
+use crate::check::Problem;
 use crate::process::Command;
 use crate::terraform::Terraform;
 
@@ -175,6 +176,70 @@ fn outputs_of_state_file(state: &Path) -> Result<Map<String, Value>> {
         serde_json::from_str(&out.stdout).context("`terraform output -json` printed something that is not JSON")?;
     let map = json.as_object().cloned().unwrap_or_default();
     Ok(map.into_iter().map(|(k, v)| (k, v.get("value").cloned().unwrap_or(Value::Null))).collect())
+}
+
+/// Has the stack been applied (`outputs`, from `terraform output`)? `Ok`
+/// names its cluster and service; a warning when it was not, or when
+/// terraform's region (`region`) is now another than the stack's.
+pub fn check_stack(outputs: &Map<String, Value>, region: Option<&str>) -> Result<String, Problem> {
+    let infra = "run `casey-deploy infra`";
+    if outputs.is_empty() {
+        return Err(Problem::warn("stack", "not applied (terraform has no outputs)", infra));
+    }
+    let text = |name: &str| match outputs.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let (Some(cluster), Some(service)) = (text("ecs_cluster_name"), text("ecs_service_name")) else {
+        return Err(Problem::warn(
+            "stack",
+            "applied, but without the ECS cluster/service outputs (an older configuration, or an incomplete apply)",
+            infra,
+        ));
+    };
+    let mut found = format!("applied: ECS cluster {cluster}, service {service}");
+    let applied_region = text("aws_region");
+    if let Some(region) = &applied_region {
+        found.push_str(&format!(", region {region}"));
+    }
+    // A different account is the `account` check's problem.
+    if let Some(account) = text("account_id") {
+        found.push_str(&format!(", account {account}"));
+    }
+    match (region, applied_region) {
+        (Some(now), Some(then)) if now != then => Err(Problem::warn(
+            "stack",
+            format!("{found}; but terraform's region is now {now}"),
+            format!("set AWS_REGION={then} in terraform/.env"),
+        )),
+        _ => Ok(found),
+    }
+}
+
+/// The applied stack's ALB setting: `Ok` describes it.
+pub fn check_alb(outputs: &Map<String, Value>) -> Result<String, Problem> {
+    let dns = outputs.get("alb_dns_name").and_then(Value::as_str).filter(|s| !s.is_empty());
+    let url = outputs.get("recommended_ws_url").and_then(Value::as_str).filter(|s| !s.is_empty());
+    match (outputs.get("enable_alb").and_then(Value::as_bool), dns) {
+        (Some(true), Some(dns)) => {
+            let url = url.map(|u| format!(", frontend URL {u}")).unwrap_or_default();
+            Ok(format!("enabled: {dns}{url}"))
+        }
+        (Some(true), None) => Err(Problem::warn(
+            "alb",
+            "enabled, but the stack has no ALB DNS name (the apply did not complete)",
+            "run `casey-deploy infra`",
+        )),
+        (Some(false), _) => Ok(
+            "disabled: the backend URL is a task's public IP (`casey-deploy backend-url`); `casey-deploy infra --var enable_alb=true` adds one".to_owned(),
+        ),
+        (None, _) => Err(Problem::warn(
+            "alb",
+            "unknown: the stack's outputs have no enable_alb (applied from an older configuration)",
+            "run `casey-deploy infra`",
+        )),
+    }
 }
 
 #[cfg(test)]

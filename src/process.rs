@@ -155,6 +155,15 @@ pub fn exit(code: i32) -> ! {
     std::process::exit(code)
 }
 
+/// The first executable `name` on PATH.
+pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
 /// Fails with [`Interrupted`] once a signal has arrived.
 pub fn check_interrupted() -> Result<()> {
     match INTERRUPTED_BY.load(Ordering::SeqCst) {

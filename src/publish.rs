@@ -32,12 +32,12 @@ pub enum Method {
 /// Docker when it works; else the target's fallback, or Docker's error.
 pub fn method(ctx: &Ctx) -> Result<Method> {
     match docker::check() {
-        Ok(()) if ctx.push_registry_missing() => {
+        Ok(_) if ctx.push_registry_missing() => {
             Ok(Method::Binary("no local registry (`docker-registry`) is available".into()))
         }
-        Ok(()) => Ok(Method::Docker),
+        Ok(_) => Ok(Method::Docker),
         Err(_) if ctx.accepts_binary_images() => Ok(Method::Binary("no Docker engine is reachable".into())),
-        Err(err) => Err(err),
+        Err(problem) => Err(problem.into()),
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::check::Problem;
 use crate::process::{Command, Output};
 
 /// Terraform in one directory, with the variables every call passes.
@@ -278,6 +279,8 @@ impl Terraform {
     }
 
     pub fn init(&self) -> Result<()> {
+        // Interrupted while asking: the interrupt, not a problem with terraform.
+        check_version().map_err(|problem| crate::process::check_interrupted().err().unwrap_or(problem.into()))?;
         let out = self.cmd(&["init"]).args(["-input=false"]).quiet().run()?;
         if !out.success() {
             bail!("`terraform init` failed in {}:\n{}", self.dir.display(), out.tail(20));
@@ -463,12 +466,158 @@ impl std::fmt::Display for Failure {
         write!(f, "`{}` failed ({})", self.what, crate::process::describe_exit(self.code))?;
         match self.hint() {
             Some(hint) => write!(f, ": {hint}"),
-            None => write!(f, "; its errors are printed above"),
+            None => {
+                let errors = self.errors();
+                if !errors.is_empty() {
+                    write!(f, ":\n{errors}")?;
+                }
+                write!(f, "\nFix what it names, then run the same casey-deploy command again (-v shows all of terraform's output)")
+            }
         }
     }
 }
 
+impl Failure {
+    /// Terraform's `Error:` blocks (each up to the blank line that ends it),
+    /// without the box drawing of a colour terminal; at most 30 lines.
+    fn errors(&self) -> String {
+        let mut lines = Vec::new();
+        let mut inside = false;
+        for raw in self.output.lines() {
+            let line = raw.trim_start_matches(['│', '╷', '╵', ' ']).trim_end();
+            if line.starts_with("Error: ") {
+                inside = true;
+            } else if inside && line.is_empty() && lines.last().is_some_and(|l: &String| l.is_empty()) {
+                inside = false;
+                continue;
+            }
+            if inside {
+                lines.push(line.to_owned());
+            }
+        }
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        lines.truncate(30);
+        lines.join("\n")
+    }
+}
+
 impl std::error::Error for Failure {}
+
+/// The Terraform version the stack requires (`required_version`).
+const MIN_TERRAFORM: (u64, u64) = (1, 5);
+/// The AWS provider, as `terraform version -json` names it.
+const AWS_PROVIDER: &str = "registry.terraform.io/hashicorp/aws";
+const INSTALL: &str = "install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install) and put it on PATH";
+
+/// terraform on PATH and recent enough; `Ok` holds its version and path.
+pub fn check_version() -> Result<String, Problem> {
+    let Some(path) = crate::process::on_path("terraform") else {
+        return Err(Problem::fail("terraform", "could not find `terraform`: not found on PATH", INSTALL));
+    };
+    let out = Command::new("terraform")
+        .args(["version", "-json"])
+        .quiet()
+        .run()
+        .map_err(|err| Problem::fail("terraform", format!("{} cannot be run: {err:#}", path.display()), INSTALL))?;
+    let version = serde_json::from_str::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["terraform_version"].as_str().map(str::to_owned))
+        .filter(|_| out.success());
+    let Some(version) = version else {
+        return Err(Problem::fail(
+            "terraform",
+            format!("`{} version -json` failed: {}", path.display(), out.tail(3)),
+            INSTALL,
+        ));
+    };
+    let mut numbers = version.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u64>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if (major, minor) < MIN_TERRAFORM {
+        return Err(Problem::fail(
+            "terraform",
+            format!("{version} ({}): the stack needs >= 1.5", path.display()),
+            INSTALL,
+        ));
+    }
+    Ok(format!("{version} ({})", path.display()))
+}
+
+/// `terraform init -backend=false` in `tf_dir`: is the AWS provider
+/// installable? `Ok` says which version is installed.
+pub fn check_provider(tf_dir: &Path) -> Result<String, Problem> {
+    let chdir = format!("-chdir={}", tf_dir.display());
+    let out = Command::new("terraform")
+        .arg(&chdir)
+        .args(["init", "-input=false", "-backend=false", "-no-color"])
+        .quiet()
+        .run()
+        .map_err(|err| Problem::fail("aws provider", format!("`terraform init` could not run: {err:#}"), ""))?;
+    if out.success() {
+        let version = Command::new("terraform")
+            .arg(&chdir)
+            .args(["version", "-json"])
+            .quiet()
+            .run()
+            .ok()
+            .and_then(|o| serde_json::from_str::<Value>(&o.stdout).ok())
+            .and_then(|v| v["provider_selections"][AWS_PROVIDER].as_str().map(str::to_owned));
+        return Ok(match version {
+            Some(v) => format!("hashicorp/aws {v} installed (terraform init -backend=false)"),
+            None => "installed (terraform init -backend=false)".to_owned(),
+        });
+    }
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    let found = format!(
+        "hashicorp/aws could not be installed (`terraform init` failed):\n{}",
+        relevant_lines(&text).join("\n")
+    );
+    let config = std::env::var("TF_CLI_CONFIG_FILE").ok().filter(|c| !c.is_empty());
+    let fix = match config {
+        Some(config) if !Path::new(&config).exists() => format!(
+            "TF_CLI_CONFIG_FILE={config} does not exist: point it at a CLI config whose provider_installation has a mirror of hashicorp/aws, then `terraform -chdir={} init`",
+            tf_dir.display()
+        ),
+        _ if text.contains("registry.terraform.io") || text.contains("dial tcp") => format!(
+            "no access to registry.terraform.io: allow it, or set TF_CLI_CONFIG_FILE to a CLI config with a provider mirror (provider_installation {{ filesystem_mirror {{ … }} }}) holding hashicorp/aws; then `terraform -chdir={} init`",
+            tf_dir.display()
+        ),
+        _ => format!(
+            "fix the errors shown, then `terraform -chdir={} init` (a provider mirror goes in the CLI config named by TF_CLI_CONFIG_FILE)",
+            tf_dir.display()
+        ),
+    };
+    Err(Problem::fail("aws provider", found, fix))
+}
+
+/// The lines of terraform's output that say what went wrong: each `Error:`
+/// with the few lines after it, and a warning about the CLI config file.
+fn relevant_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut take = 0;
+    for line in text.lines() {
+        let l = line.trim_start_matches(['│', '╷', '╵', ' ']).trim_end();
+        if l.is_empty() {
+            continue;
+        }
+        if l.starts_with("Error:") || l.starts_with("Warning: Unable to open CLI configuration") {
+            take = 5;
+        }
+        if take > 0 {
+            lines.push(l.to_owned());
+            take -= 1;
+        }
+        if lines.len() >= 12 {
+            break;
+        }
+    }
+    if lines.is_empty() {
+        lines = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        lines = lines.split_off(lines.len().saturating_sub(5));
+    }
+    lines
+}
 
 #[cfg(test)]
 mod tests {
@@ -476,6 +625,16 @@ mod tests {
 
     fn failure(output: &str) -> Failure {
         Failure { what: "terraform apply".into(), output: output.into(), code: Some(1) }
+    }
+
+    #[test]
+    fn relevant_lines_are_the_errors() {
+        let text = "Initializing provider plugins...\n╷\n│ Warning: Unable to open CLI configuration file\n│\n│ The CLI configuration file at \"/x\" does not exist.\n╵\n\nError: Failed to query available provider packages\n\nCould not retrieve the list of available versions for provider hashicorp/aws:\ncould not connect to registry.terraform.io\n";
+        let lines = relevant_lines(text);
+        assert_eq!(lines[0], "Warning: Unable to open CLI configuration file");
+        assert!(lines.iter().any(|l| l == "Error: Failed to query available provider packages"), "{lines:?}");
+        assert!(lines.iter().any(|l| l.contains("registry.terraform.io")), "{lines:?}");
+        assert!(!lines.iter().any(|l| l.contains("Initializing")), "{lines:?}");
     }
 
     #[test]
@@ -488,6 +647,15 @@ mod tests {
             vec!["aws_cloudwatch_log_group.casey_backend_aws_usage", "aws_iam_policy.casey_backend"]
         );
         assert!(f.to_string().contains("casey-deploy import"));
+    }
+
+    #[test]
+    fn an_unknown_failure_carries_terraforms_errors_and_the_next_step() {
+        let out = "aws_ecs_cluster.this: Refreshing...\n\nError: AWS account ID not allowed: 123456789012\n\n  with provider[\"registry.terraform.io/hashicorp/aws\"],\n  on providers.tf line 4\n\n\nsomething after\n";
+        let text = failure(out).to_string();
+        assert!(text.contains("AWS account ID not allowed: 123456789012"), "{text}");
+        assert!(text.contains("providers.tf line 4") && !text.contains("something after"), "{text}");
+        assert!(!text.contains("Refreshing") && text.contains("run the same casey-deploy command again"), "{text}");
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn a_malformed_env_line_shows_file_line_and_key_but_never_the_value() {
 
         let doctor = project.casey(&["doctor"]);
         assert!(!doctor.ok(), "doctor must fail on a malformed terraform/.env:\n{}", doctor.all());
-        assert!(doctor.stdout.contains("terraform/.env:6: cannot parse this line"), "{}", doctor.stdout);
+        assert!(doctor.stderr.contains("terraform/.env:6: cannot parse this line"), "{}", doctor.stderr);
         assert_clean(&doctor, &[secret, OTHER_SECRET]);
     }
 }
@@ -143,7 +143,7 @@ fn a_secret_pasted_into_another_setting_is_never_printed() {
 
     let doctor = project.casey(&["doctor"]);
     assert!(!doctor.ok(), "{}", doctor.all());
-    assert!(doctor.stdout.contains("AWS_REGION is not a region name"), "{}", doctor.stdout);
+    assert!(doctor.stderr.contains("AWS_REGION is not an AWS region name"), "{}", doctor.stderr);
 
     // The same from the environment, where the file sets no region.
     project.write_env(admin);
@@ -193,7 +193,7 @@ fn an_env_file_that_is_not_a_small_regular_file_is_refused_at_once() {
     run.assert_fails_with("is a named pipe, not a regular file");
     assert!(took < Duration::from_secs(5), "took {took:?}");
     let (doctor, took) = run_with_limit(project.command(&["doctor"]), Duration::from_secs(60));
-    assert!(doctor.stdout.contains("is a named pipe, not a regular file"), "{:?}\n{}", took, doctor.all());
+    assert!(doctor.stderr.contains("is a named pipe, not a regular file"), "{:?}\n{}", took, doctor.all());
 
     // A huge regular file.
     std::fs::remove_file(&env).unwrap();
@@ -397,7 +397,7 @@ fn a_silent_sts_endpoint_ends_in_bounded_time_and_says_so() {
     run.assert_fails_with("no answer in time");
     assert!(run.stderr.contains(&format!("STS at {}", server.endpoint)), "{}", run.stderr);
     assert!(run.stderr.contains("did not answer"), "{}", run.stderr);
-    assert!(!run.stderr.contains("Check that the keys are current"), "the keys were not judged:\n{}", run.stderr);
+    assert!(!run.stderr.contains("check that the keys are current"), "the keys were not judged:\n{}", run.stderr);
     assert_clean(&run, &[OTHER_SECRET]);
     assert!(server.requests.load(Ordering::SeqCst) >= 1);
 }
@@ -568,10 +568,14 @@ fn only_the_pinned_account_may_deploy() {
     // doctor says the same, as a FAIL.
     let doctor = project.casey(&["doctor"]);
     assert!(!doctor.ok());
+    // Human text is on stderr, each line after a `HH:MM:SS ` stamp.
     assert!(
-        doctor.stdout.lines().any(|l| l.contains("FAIL") && l.contains("account") && l.contains(other)),
+        doctor.stderr.lines().filter_map(|l| l.get(9..)).any(|l| {
+            let mut words = l.split_whitespace();
+            words.next() == Some("FAIL") && words.next() == Some("account") && l.contains(other)
+        }),
         "{}",
-        doctor.stdout
+        doctor.stderr
     );
 
     // The state's own account: accepted.
