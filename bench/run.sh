@@ -100,6 +100,7 @@ printf '%-46s %10s\n' "casey-deploy infra" "$t_infra"
 printf '%-46s %10s\n' "seed: terraform refresh + plan + apply" "$t_seed"
 printf '%-46s %10s\n' "terraform plan alone (the floor)" "$t_plan"
 printf '%-46s %10s\n' "casey-deploy infra minus one plan" "$(awk "BEGIN {printf \"%.2f\", $t_infra - $t_plan}")"
+printf '%-46s %10s\n' "casey-deploy infra / terraform plan (goal <= 1.10)" "$(awk "BEGIN {printf \"%.2f\", $t_infra / $t_plan}")"
 echo
 printf '%-46s %10s\n' "casey-deploy backend-url" "$t_url"
 printf '%-46s %10s\n' "seed-style get-backend-url script" "$t_seed_url"

@@ -78,7 +78,7 @@ pub fn check() -> Result<String, Problem> {
         format!(
             "step `docker`: the Docker engine is not reachable ({engine}): {why}; `casey-deploy image` and `all` need it (client {client})"
         ),
-        "start it (Docker Desktop, `sudo systemctl start docker`, or `.ci/docker.sh start` for the tests) and check DOCKER_HOST / `docker context ls`; `docker version` repeats this check",
+        "start it (Docker Desktop, or `sudo systemctl start docker`) and check DOCKER_HOST and `docker context ls`; then run the same casey-deploy command again",
     ))
 }
 

@@ -32,6 +32,59 @@ pub struct PlanFile {
     path: PathBuf,
 }
 
+/// Under `.terraform/`: what the last successful `init` read ([`init_inputs`]).
+const INIT_STAMP: &str = "casey-init.sha256";
+
+/// A digest of everything `terraform init` depends on in `dir`: every
+/// `*.tf`/`*.tf.json` file and the lock file (names and contents), the
+/// backend state init wrote, the installed providers' folder listing, the
+/// terraform binary, and the CLI configuration in use.
+fn init_inputs(dir: &Path) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.ends_with(".tf") || name.ends_with(".tf.json") || name == ".terraform.lock.hcl"
+        })
+        .collect();
+    names.push(dir.join(".terraform").join("terraform.tfstate"));
+    names.push(dir.join(".terraform").join("modules").join("modules.json"));
+    names.sort();
+    for path in &names {
+        hash.update(path.file_name().unwrap_or_default().as_encoded_bytes());
+        hash.update(std::fs::read(path).unwrap_or_default());
+    }
+    let providers = dir.join(".terraform").join("providers");
+    let mut installed = Vec::new();
+    let mut stack = vec![providers];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            installed.push(path.display().to_string());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            }
+        }
+    }
+    installed.sort();
+    hash.update(installed.join("\n"));
+    // Another terraform (an upgrade) may need another init.
+    if let Some(binary) = crate::process::on_path("terraform") {
+        let meta = std::fs::metadata(&binary).ok();
+        let modified = meta.as_ref().and_then(|m| m.modified().ok()).map(|t| format!("{t:?}")).unwrap_or_default();
+        hash.update(format!("{}:{}:{modified}\n", binary.display(), meta.map_or(0, |m| m.len())));
+    }
+    for var in ["TF_CLI_CONFIG_FILE", "TF_DATA_DIR", "TF_WORKSPACE"] {
+        hash.update(format!("{var}={}\n", std::env::var(var).unwrap_or_default()));
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The prefix of every plan folder.
 const PLAN_DIR_PREFIX: &str = "casey-deploy-";
 
@@ -279,12 +332,30 @@ impl Terraform {
     }
 
     pub fn init(&self) -> Result<()> {
+        // `init` costs a second (it checksums the ~700 MB provider against the
+        // lock file). Skipped when nothing it reads changed since the last
+        // init that succeeded here: the configuration, the lock file, the CLI
+        // configuration and the backend state.
+        let stamp = self.dir.join(".terraform").join(INIT_STAMP);
+        let inputs = init_inputs(&self.dir);
+        let data_dir_moved = std::env::var_os("TF_DATA_DIR").is_some();
+        if !data_dir_moved && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs) {
+            crate::detail!("terraform init: nothing changed since the last init here; skipped");
+            return Ok(());
+        }
         // Interrupted while asking: the interrupt, not a problem with terraform.
         check_version().map_err(|problem| crate::process::check_interrupted().err().unwrap_or(problem.into()))?;
         let out = self.cmd(&["init"]).args(["-input=false"]).quiet().run()?;
         if !out.success() {
-            bail!("`terraform init` failed in {}:\n{}", self.dir.display(), out.tail(20));
+            let _ = std::fs::remove_file(&stamp);
+            bail!(
+                "`terraform init` failed in {}:\n{}\nFix what it names, then run the same casey-deploy command again",
+                self.dir.display(),
+                out.tail(20)
+            );
         }
+        // Read again: init may have written the lock file or the backend state.
+        let _ = std::fs::write(&stamp, init_inputs(&self.dir));
         Ok(())
     }
 
@@ -647,6 +718,25 @@ mod tests {
             vec!["aws_cloudwatch_log_group.casey_backend_aws_usage", "aws_iam_policy.casey_backend"]
         );
         assert!(f.to_string().contains("casey-deploy import"));
+    }
+
+    #[test]
+    fn init_inputs_change_with_the_configuration_the_lock_and_the_providers() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("main.tf"), "terraform {}\n").unwrap();
+        let first = init_inputs(d);
+        assert_eq!(init_inputs(d), first, "stable");
+        std::fs::write(d.join("README.md"), "not read by init").unwrap();
+        assert_eq!(init_inputs(d), first, "other files do not count");
+        std::fs::write(d.join(".terraform.lock.hcl"), "provider {}\n").unwrap();
+        let locked = init_inputs(d);
+        assert_ne!(locked, first, "the lock file");
+        std::fs::write(d.join("main.tf"), "terraform {\n  backend \"s3\" {}\n}\n").unwrap();
+        let backend = init_inputs(d);
+        assert_ne!(backend, locked, "a .tf file");
+        std::fs::create_dir_all(d.join(".terraform/providers/registry.terraform.io/hashicorp/aws")).unwrap();
+        assert_ne!(init_inputs(d), backend, "the installed providers");
     }
 
     #[test]

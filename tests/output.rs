@@ -78,8 +78,15 @@ fn every_verb_prints_only_json_with_json() {
     infra.assert_ok();
     assert_eq!(events(&infra).pop().unwrap()["outcome"], "applied", "{}", infra.stdout);
     assert!(!infra.stderr.contains("to add"), "-q hides the plan summary: {}", infra.stderr);
-    let again = casey(&["infra", "--yes", "--json"]);
+    let again = casey(&["infra", "--yes", "--json", "-v"]);
     let got = events(&again);
+    // -v: terraform's own plan output; an init with nothing changed is skipped.
+    assert!(again.stderr.contains("Your infrastructure matches the configuration"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("terraform init: nothing changed since the last init here; skipped"),
+        "{}",
+        again.stderr
+    );
     assert_eq!(got.last().unwrap()["outcome"], "no_changes");
     assert_eq!(got.iter().find(|e| e["event"] == "plan").map(|p| p["add"].clone()), Some(0.into()));
 
