@@ -57,19 +57,21 @@ enum Early {
     },
 }
 
-fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolved> {
+fn steps(ctx: &Ctx, all: &AllArgs, summary: &mut Summary) -> Result<url::Resolved> {
+    let args = &all.image_options();
+    let infra_args = &args.infra;
     // Cheap checks first: nothing slow starts when docker or the context is wrong.
     let (method, source) = summary.step("docker", || {
         let method = publish::method(ctx)?;
-        Ok((method, Source::new(&ctx.project, &args.image)?))
+        Ok((method, Source::new(&ctx.project, &args.publish)?))
     })?;
     if let Method::Binary(_) = &method {
         summary.note("docker", "cargo build instead");
     }
 
     let (infra_result, early) = std::thread::scope(|scope| {
-        let early = (!args.sequential).then(|| scope.spawn(|| early_build(ctx, args, &method, &source)));
-        let infra_result = summary.step("infra", || infra::run(ctx, &args.infra));
+        let early = (!all.sequential).then(|| scope.spawn(|| early_build(ctx, args, &method, &source)));
+        let infra_result = summary.step("infra", || infra::run(ctx, infra_args));
         let early = early.map(|handle| handle.join().unwrap_or(Early::NoStack));
         (infra_result, early)
     });
@@ -85,7 +87,7 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
         Some(Early::Built { built, .. }) => {
             let (repo, built) = *built;
             let repo = if outcome == Outcome::NoChanges { repo } else { ctx.repository()? };
-            let current = publish::image_for(ctx, source, &args.image, &repo);
+            let current = publish::image_for(ctx, source, &args.publish, &repo);
             let built = match built {
                 Built::Docker(image) if current.refs() != image.refs() => {
                     say!("==> the repository changed during the apply: tagging the image for {}", current.repository);
@@ -100,7 +102,7 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
         Some(Early::Failed { error, .. }) => return Err(error.context("`all` stopped at step `build`")),
         Some(Early::NoStack) | None => {
             let repo = ctx.repository()?;
-            let image = publish::image_for(ctx, source, &args.image, &repo);
+            let image = publish::image_for(ctx, source, &args.publish, &repo);
             let built = summary.step("build", || publish::build(ctx, &method, image, false))?;
             (repo, built)
         }
@@ -109,13 +111,12 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
     let pushed = summary.step("push", || publish::push(ctx, &built, &repo))?;
     let image = built.image();
     summary.pushed = Some(pushed.to_json(image));
-    let yes = args.infra.yes || ctx.auto_approve();
-    let outputs = summary.step("rollout", || image::deploy(ctx, &args.image, image, &args.infra.tf, yes))?;
+    let outputs = summary.step("rollout", || image::deploy(ctx, args, image))?;
     if matches!(outcome, Outcome::WaitingForImage(_)) {
         summary.note("rollout", "created the service");
     }
     // The rollout waited for running tasks, unless --no-wait.
-    let wait = Duration::from_secs(if args.image.rollout.no_wait { 300 } else { 30 });
+    let wait = Duration::from_secs(if args.rollout.no_wait { 300 } else { 30 });
     let resolved = summary.step("backend-url", || url::resolve(ctx, &outputs, wait))?;
     url::print_text(&resolved);
     Ok(resolved)
@@ -123,9 +124,9 @@ fn steps(ctx: &Ctx, args: &AllArgs, summary: &mut Summary) -> Result<url::Resolv
 
 /// Runs alongside `infra`: read the outputs and, when the stack exists,
 /// build the image (output captured).
-fn early_build(ctx: &Ctx, args: &AllArgs, method: &Method, source: &Source) -> Early {
+fn early_build(ctx: &Ctx, args: &image::Options, method: &Method, source: &Source) -> Early {
     let Ok(repo) = ctx.repository() else { return Early::NoStack };
-    let image = publish::image_for(ctx, source.clone(), &args.image, &repo);
+    let image = publish::image_for(ctx, source.clone(), &args.publish, &repo);
     say!("==> the stack exists: building the image while terraform runs (its output is shown if it fails)");
     let start = Instant::now();
     match publish::build(ctx, method, image, true) {

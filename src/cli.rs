@@ -210,6 +210,88 @@ pub struct AllArgs {
     pub sequential: bool,
 }
 
+// The Face turns clap's arguments into the plain options each step owns
+// (ripgrep's split): below cli.rs nothing sees clap.
+
+impl Global {
+    pub fn target(&self) -> crate::context::Options {
+        crate::context::Options {
+            project_dir: self.project_dir.clone(),
+            env_file: self.env_file.clone(),
+            admin_user: self.admin_user.clone(),
+            service_user: self.service_user.clone(),
+            admin_principal: self.admin_principal.clone(),
+            local: self.local,
+            account: self.account.clone(),
+        }
+    }
+}
+
+impl TfArgs {
+    pub fn vars(&self) -> crate::terraform::Vars {
+        crate::terraform::Vars { vars: self.vars.clone(), files: self.var_files.clone() }
+    }
+}
+
+impl InfraArgs {
+    pub fn options(&self) -> crate::infra::Options {
+        crate::infra::Options {
+            vars: self.tf.vars(),
+            yes: self.yes,
+            refresh_only: self.refresh_only,
+            adopt: self.adopt,
+        }
+    }
+}
+
+impl ImageArgs {
+    fn options(&self, infra: crate::infra::Options) -> crate::image::Options {
+        crate::image::Options {
+            publish: crate::publish::Options {
+                context: self.context.clone(),
+                dockerfile: self.dockerfile.clone(),
+                tag: self.tag.clone(),
+                build_args: self.build_args.clone(),
+                registry: self.registry.clone(),
+            },
+            immutable: self.immutable,
+            rollout: crate::rollout::Options { timeout: self.rollout.timeout, no_wait: self.rollout.no_wait },
+            infra,
+        }
+    }
+}
+
+impl ImageCmd {
+    pub fn options(&self) -> crate::image::Options {
+        let infra = crate::infra::Options { vars: self.tf.vars(), yes: self.yes, ..Default::default() };
+        self.image.options(infra)
+    }
+}
+
+impl AllArgs {
+    /// The image step's options; its applies take `infra`'s variables.
+    pub fn image_options(&self) -> crate::image::Options {
+        let infra = self.infra.options();
+        self.image.options(infra)
+    }
+}
+
+impl UrlArgs {
+    pub fn options(&self) -> crate::url::Options {
+        crate::url::Options { wait: self.wait, check: self.check }
+    }
+}
+
+impl SandboxAction {
+    pub fn action(&self) -> crate::sandbox::Action {
+        match self {
+            SandboxAction::Up => crate::sandbox::Action::Up,
+            SandboxAction::Down => crate::sandbox::Action::Down,
+            SandboxAction::Status => crate::sandbox::Action::Status,
+        }
+    }
+}
+
 fn parse_var(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),

@@ -8,11 +8,25 @@ use std::sync::Arc;
 use anyhow::{bail, Context as _, Result};
 use aws_config::SdkConfig;
 
-use crate::cli::{Global, TfArgs};
 use crate::env;
 use crate::identity::{self, Identity, Principals};
 use crate::sandbox::{self, Sandbox};
 use crate::terraform::Terraform;
+use crate::terraform::Vars;
+
+/// Where a run deploys and as whom: the Face fills this from the global flags.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub project_dir: Option<PathBuf>,
+    pub env_file: Option<PathBuf>,
+    pub admin_user: String,
+    pub service_user: String,
+    pub admin_principal: Option<String>,
+    /// The sandbox instead of AWS.
+    pub local: bool,
+    /// The only account the credentials may belong to.
+    pub account: Option<String>,
+}
 
 pub struct Ctx {
     pub project: PathBuf,
@@ -29,17 +43,17 @@ pub struct Ctx {
 
 impl Ctx {
     /// Load settings, then run the identity guard. Nothing else runs first.
-    pub fn new(global: &Global) -> Result<Ctx> {
-        let project = find_project(global.project_dir.as_deref())?;
-        let (sandbox, settings, tf_dir) = if global.local {
-            let sandbox = sandbox::up(&project, &global.admin_user)?;
+    pub fn new(target: &Options) -> Result<Ctx> {
+        let project = find_project(target.project_dir.as_deref())?;
+        let (sandbox, settings, tf_dir) = if target.local {
+            let sandbox = sandbox::up(&project, &target.admin_user)?;
             sandbox::activate(&sandbox);
             let tf_dir = sandbox::terraform_dir(&project, &sandbox)?;
             let settings =
                 env::Settings { source: env::Source::Sandbox(sandbox.endpoint.clone()), warnings: Vec::new() };
             (Some(sandbox), settings, tf_dir)
         } else {
-            let (env_file, explicit) = match &global.env_file {
+            let (env_file, explicit) = match &target.env_file {
                 Some(path) => (path.clone(), true),
                 None => (project.join("terraform").join(".env"), false),
             };
@@ -56,9 +70,9 @@ impl Ctx {
         crate::say!("{}", settings.describe());
         env::check_region()?;
         let principals = Principals {
-            admin_user: global.admin_user.clone(),
-            service_user: global.service_user.clone(),
-            admin_principal: global.admin_principal.clone(),
+            admin_user: target.admin_user.clone(),
+            service_user: target.service_user.clone(),
+            admin_principal: target.admin_principal.clone(),
         };
         if sandbox.is_none() {
             let backend = project.join("backend").join(".env");
@@ -81,7 +95,7 @@ impl Ctx {
         // The account pin is read (and --account checked) before any call,
         // from a state that a killed apply may have left broken.
         crate::terraform::recover_state(&tf_dir)?;
-        let pin = identity::account_pin(global.account.as_deref(), &tf_dir)?;
+        let pin = identity::account_pin(target.account.as_deref(), &tf_dir)?;
         let identity = rt.block_on(identity::caller(&sdk, &settings))?;
         identity::check(&identity, &principals)?;
         identity::check_account(&identity, pin.as_ref())?;
@@ -124,19 +138,19 @@ impl Ctx {
 
     /// The applied stack's outputs.
     pub fn outputs(&self) -> Result<crate::outputs::Outputs> {
-        crate::outputs::Outputs::load(&self.terraform(&TfArgs::default()))
+        crate::outputs::Outputs::load(&self.terraform(&Vars::default()))
     }
 
     /// The stack's image repository (it exists before the ECS service does).
     pub fn repository(&self) -> Result<crate::outputs::Repository> {
-        crate::outputs::Repository::load(&self.terraform(&TfArgs::default()), &self.region())
+        crate::outputs::Repository::load(&self.terraform(&Vars::default()), &self.region())
     }
 
     /// Terraform with the variables that keep the stack and this tool in
     /// agreement (region and the two user names), then the user's.
-    pub fn terraform(&self, user: &TfArgs) -> Terraform {
+    pub fn terraform(&self, user: &Vars) -> Terraform {
         let base = base_vars(&self.region(), &self.principals, self.pin.as_ref());
-        Terraform::new(&self.terraform_dir(), &base, &user.vars, &user.var_files)
+        Terraform::new(&self.terraform_dir(), &base, user)
     }
 }
 

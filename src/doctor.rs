@@ -16,7 +16,6 @@ use aws_config::{Region, SdkConfig};
 use serde_json::{json, Value};
 
 use crate::check::{Problem, Severity};
-use crate::cli::Global;
 use crate::env::{self, Settings, Source};
 use crate::identity::{self, Identity, Principals, BACKEND_CREDENTIALS, DEPLOY_CREDENTIALS};
 use crate::process::check_interrupted;
@@ -140,7 +139,7 @@ impl Report {
 }
 
 /// Run every check; fails (exit 1) when any check failed.
-pub fn run(global: &Global) -> Result<()> {
+pub fn run(global: &crate::context::Options) -> Result<()> {
     let mut report = Report::default();
     let project = match crate::context::find_project(global.project_dir.as_deref()) {
         Ok(project) => project,
@@ -375,7 +374,7 @@ fn check_region(report: &mut Report, loaded: bool, region: Option<&str>, backend
 
 /// Has the stack been applied? Its cluster, service and ALB setting.
 fn check_stack(report: &mut Report, tf_dir: &Path, sdk: Option<&SdkConfig>) -> Result<()> {
-    let tf = Terraform::new(tf_dir, &[], &[], &[]);
+    let tf = Terraform::new(tf_dir, &[], &crate::terraform::Vars::default());
     let outputs = match tf.outputs() {
         Ok(outputs) => outputs,
         Err(err) if err.is::<crate::process::Interrupted>() => return Err(err),

@@ -3,7 +3,6 @@
 
 use anyhow::{bail, Result};
 
-use crate::cli::{ImageArgs, ImageCmd, InfraArgs, TfArgs};
 use crate::context::Ctx;
 use crate::docker::Image;
 use crate::infra;
@@ -12,14 +11,24 @@ use crate::publish::Pushed;
 use crate::rollout;
 use crate::say;
 
+/// What `image` is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub publish: crate::publish::Options,
+    /// Pin the service to the immutable tag with a Terraform apply.
+    pub immutable: bool,
+    pub rollout: rollout::Options,
+    /// For the applies the deploy may need (`--immutable`, creating the service).
+    pub infra: infra::Options,
+}
+
 /// `casey-deploy image`: publish (build, push), then roll out.
-pub fn run(ctx: &Ctx, cmd: &ImageCmd) -> Result<()> {
-    let args = &cmd.image;
+pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
     if args.immutable && ctx.push_registry().is_some() {
         bail!("--immutable needs the stack's own ECR repository, and this target pushes to its registry: deploy without --immutable");
     }
-    let (image, pushed) = crate::publish::publish(ctx, args)?;
-    deploy(ctx, args, &image, &cmd.tf, cmd.yes || ctx.auto_approve())?;
+    let (image, pushed) = crate::publish::publish(ctx, &args.publish)?;
+    deploy(ctx, args, &image)?;
     summarise(&image, &pushed);
     Ok(())
 }
@@ -32,9 +41,9 @@ fn summarise(image: &Image, pushed: &Pushed) {
 /// Roll the service out to the pushed image: a forced new deployment of
 /// `latest`, or with `--immutable` a Terraform apply that pins the immutable
 /// tag. When the first apply left the service out (no image yet), the apply
-/// that creates it, then its first deployment. `tf` and `yes` are for the
-/// apply. Returns the stack's outputs, which exist completely from here on.
-pub fn deploy(ctx: &Ctx, args: &ImageArgs, image: &Image, tf: &TfArgs, yes: bool) -> Result<Outputs> {
+/// that creates it, then its first deployment. Returns the stack's outputs,
+/// which exist completely from here on.
+pub fn deploy(ctx: &Ctx, args: &Options, image: &Image) -> Result<Outputs> {
     let created = !service_exists(ctx)?;
     if !args.immutable && !created {
         let outputs = ctx.outputs()?;
@@ -42,15 +51,15 @@ pub fn deploy(ctx: &Ctx, args: &ImageArgs, image: &Image, tf: &TfArgs, yes: bool
         return Ok(outputs);
     }
     let before = if created { None } else { rollout::primary_deployment(ctx, &ctx.outputs()?)? };
-    let mut tf = tf.clone();
+    let mut infra_args = args.infra.clone();
     if args.immutable {
-        tf.vars.retain(|(k, _)| k != "backend_container_image");
-        tf.vars.push(("backend_container_image".to_owned(), image.immutable_ref()));
+        let vars = &mut infra_args.vars.vars;
+        vars.retain(|(k, _)| k != "backend_container_image");
+        vars.push(("backend_container_image".to_owned(), image.immutable_ref()));
         say!("==> --immutable: applying Terraform with backend_container_image={}", image.immutable_ref());
     } else {
         say!("==> the image is in ECR now: applying Terraform to create the ECS service");
     }
-    let infra_args = InfraArgs { tf, yes, ..InfraArgs::default() };
     let outcome = infra::run(ctx, &infra_args)?;
     if let infra::Outcome::WaitingForImage(missing) = outcome {
         bail!(
@@ -78,6 +87,6 @@ pub fn deploy(ctx: &Ctx, args: &ImageArgs, image: &Image, tf: &TfArgs, yes: bool
 
 /// Whether the stack's ECS service exists (is in the Terraform state).
 fn service_exists(ctx: &Ctx) -> Result<bool> {
-    let tf = ctx.terraform(&TfArgs::default());
+    let tf = ctx.terraform(&crate::terraform::Vars::default());
     Ok(infra::state_resources(&tf)?.iter().any(|r| r == infra::SERVICE))
 }

@@ -8,7 +8,6 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::cli::TfArgs;
 use crate::context::Ctx;
 use crate::terraform::{PlanFile, PlanMode, Terraform};
 
@@ -17,7 +16,7 @@ use crate::terraform::{PlanFile, PlanMode, Terraform};
 const ADOPTABLE: &[&str] =
     &["aws_cloudwatch_log_group", "aws_iam_policy", "aws_iam_role", "aws_ecr_repository", "aws_ecs_cluster"];
 
-pub fn run(ctx: &Ctx, args: &TfArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &crate::terraform::Vars) -> Result<()> {
     let tf = ctx.terraform(args);
     crate::say!("==> terraform init ({})", tf.dir().display());
     tf.init()?;

@@ -30,9 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::cli::InfraArgs;
 use crate::context::Ctx;
-use crate::terraform::{Failure, Plan, PlanFile, PlanMode, Terraform};
+use crate::terraform::{Failure, Plan, PlanFile, PlanMode, Terraform, Vars};
 use crate::{prompt, say};
 
 /// The admin's own policies and their attachments: applied before the rest.
@@ -71,8 +70,19 @@ impl Outcome {
     }
 }
 
+/// What `infra` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub vars: Vars,
+    /// Apply without asking.
+    pub yes: bool,
+    pub refresh_only: bool,
+    /// Import what already exists when an apply fails on it.
+    pub adopt: bool,
+}
+
 /// `casey-deploy infra`: [`run`], then its summary.
-pub fn command(ctx: &Ctx, args: &InfraArgs) -> Result<()> {
+pub fn command(ctx: &Ctx, args: &Options) -> Result<()> {
     let outcome = run(ctx, args)?;
     let waiting = match &outcome {
         Outcome::WaitingForImage(image) => Value::from(image.as_str()),
@@ -82,10 +92,10 @@ pub fn command(ctx: &Ctx, args: &InfraArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run(ctx: &Ctx, args: &InfraArgs) -> Result<Outcome> {
+pub fn run(ctx: &Ctx, args: &Options) -> Result<Outcome> {
     // The sandbox is throwaway: --local applies without asking.
-    let args = &InfraArgs { yes: args.yes || ctx.auto_approve(), ..args.clone() };
-    let tf = ctx.terraform(&args.tf);
+    let args = &Options { yes: args.yes || ctx.auto_approve(), ..args.clone() };
+    let tf = ctx.terraform(&args.vars);
     // Read before this run's own apply writes its marker.
     let interrupted = crate::terraform::interrupted_apply(tf.dir());
     if let Some(earlier) = &interrupted {
@@ -232,7 +242,7 @@ fn rule_id(ctx: &Ctx, ec2: &aws_sdk_ec2::Client, after: &Value, egress: bool) ->
 
 /// First apply only (no admin attachment in the state): apply the admin's
 /// policies and attachments alone, then wait until IAM grants them.
-fn bootstrap_admin(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<()> {
+fn bootstrap_admin(ctx: &Ctx, tf: &Terraform, args: &Options) -> Result<()> {
     let state = state_resources(tf)?;
     if state.iter().any(|a| a == ADMIN_TARGETS[1]) {
         return Ok(());
@@ -285,7 +295,7 @@ fn wait_for_iam(ctx: &Ctx) -> Result<()> {
     }
 }
 
-fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &InfraArgs) -> Result<Outcome> {
+fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &Options) -> Result<Outcome> {
     let plan_file = PlanFile::create(tf.dir(), "infra")?;
     let mode = if args.refresh_only { PlanMode::RefreshOnly } else { PlanMode::Normal };
     say!("==> terraform plan{}", if args.refresh_only { " -refresh-only" } else { "" });
@@ -352,7 +362,7 @@ fn ecr_image(image: &str) -> Option<(String, String)> {
 }
 
 /// Apply every planned change except the ECS service and its auto scaling.
-fn apply_without_service(tf: &Terraform, args: &InfraArgs, plan: &Value, image: String) -> Result<Outcome> {
+fn apply_without_service(tf: &Terraform, args: &Options, plan: &Value, image: String) -> Result<Outcome> {
     say!("==> {image} is not in ECR yet: applying everything but the ECS service, which would start tasks without an image");
     let targets = targets_without(plan, NEEDS_IMAGE);
     if !targets.is_empty() {

@@ -64,22 +64,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     process::install_signal_handler()?;
     // Doctor reports every problem, including those the guard stops at.
     if let Verb::Doctor = &cli.command {
-        return doctor::run(&cli.global);
+        return doctor::run(&cli.global.target());
     }
     if let Verb::Sandbox { action } = &cli.command {
         let project = context::find_project(cli.global.project_dir.as_deref())?;
-        return sandbox::run(&project, action, &cli.global.admin_user);
+        return sandbox::run(&project, action.action(), &cli.global.admin_user);
     }
-    let ctx = Ctx::new(&cli.global)?;
+    let ctx = Ctx::new(&cli.global.target())?;
     match &cli.command {
         Verb::Whoami => identity::whoami(&ctx.identity),
         Verb::Doctor | Verb::Sandbox { .. } | Verb::Completions { .. } | Verb::Man => {
             unreachable!("runs before the guard")
         }
-        Verb::Infra(args) => infra::command(&ctx, args),
-        Verb::Import(args) => import::run(&ctx, args),
-        Verb::Image(args) => image::run(&ctx, args),
-        Verb::BackendUrl(args) => url::run(&ctx, args),
+        Verb::Infra(args) => infra::command(&ctx, &args.options()),
+        Verb::Import(args) => import::run(&ctx, &args.vars()),
+        Verb::Image(args) => image::run(&ctx, &args.options()),
+        Verb::BackendUrl(args) => url::run(&ctx, &args.options()),
         Verb::All(args) => all::run(&ctx, args),
     }
 }

@@ -14,12 +14,25 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::cli::ImageArgs;
 use crate::context::Ctx;
 use crate::docker::{self, Image};
 use crate::outputs::Repository;
 use crate::process::Command;
 use crate::{out, say};
+
+/// What to build and where to push it, as the user asked.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Build context [default: <project>/backend].
+    pub context: Option<PathBuf>,
+    /// [default: <context>/Dockerfile]
+    pub dockerfile: Option<PathBuf>,
+    /// The immutable tag [default: from git].
+    pub tag: Option<String>,
+    pub build_args: Vec<(String, String)>,
+    /// Push here instead of the ECR host.
+    pub registry: Option<String>,
+}
 
 /// How the image is built, decided before anything slow runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +70,7 @@ impl Built {
 }
 
 /// The image of `source` for the stack's repository, pushed where the target says.
-pub fn image_for(ctx: &Ctx, source: Source, args: &ImageArgs, repo: &Repository) -> Image {
+pub fn image_for(ctx: &Ctx, source: Source, args: &Options, repo: &Repository) -> Image {
     let mut args = args.clone();
     if let Some(registry) = ctx.push_registry() {
         args.registry.get_or_insert(registry);
@@ -105,7 +118,7 @@ pub fn push(ctx: &Ctx, built: &Built, repo: &Repository) -> Result<Pushed> {
 }
 
 /// The whole path, for `image`: method, build, push.
-pub fn publish(ctx: &Ctx, args: &ImageArgs) -> Result<(Image, Pushed)> {
+pub fn publish(ctx: &Ctx, args: &Options) -> Result<(Image, Pushed)> {
     let repo = ctx.repository()?;
     let source = Source::new(&ctx.project, args)?;
     let method = method(ctx)?;
@@ -197,7 +210,7 @@ impl Pushed {
 }
 
 /// The image of `source` in the stack's repository (or `--registry`'s).
-pub fn image_of(source: Source, args: &ImageArgs, repo: &Repository) -> Image {
+pub fn image_of(source: Source, args: &Options, repo: &Repository) -> Image {
     let Source { context, dockerfile, tag } = source;
     let build_args = args.build_args.clone();
     let registry = match &args.registry {
@@ -218,7 +231,7 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(project: &Path, args: &ImageArgs) -> Result<Source> {
+    pub fn new(project: &Path, args: &Options) -> Result<Source> {
         let context = match &args.context {
             Some(dir) => dir.clone(),
             None => project.join("backend"),

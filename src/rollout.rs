@@ -13,11 +13,19 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use aws_sdk_ecs::types::{DeploymentRolloutState, DesiredStatus, Service};
 
-use crate::cli::RolloutArgs;
 use crate::context::Ctx;
 use crate::outputs::Outputs;
 use crate::redact::redact;
 use crate::say;
+
+/// How to follow a deployment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Seconds to wait for the deployment to complete.
+    pub timeout: u64,
+    /// Start it and return.
+    pub no_wait: bool,
+}
 
 pub fn client(ctx: &Ctx, outputs: &Outputs) -> aws_sdk_ecs::Client {
     let config = aws_sdk_ecs::config::Builder::from(&ctx.sdk)
@@ -28,7 +36,7 @@ pub fn client(ctx: &Ctx, outputs: &Outputs) -> aws_sdk_ecs::Client {
 
 /// `UpdateService --force-new-deployment` (the seed's step 4), then follow
 /// the deployment it created unless `--no-wait`.
-pub fn force_new_deployment(ctx: &Ctx, outputs: &Outputs, args: &RolloutArgs) -> Result<()> {
+pub fn force_new_deployment(ctx: &Ctx, outputs: &Outputs, args: &Options) -> Result<()> {
     let ecs = client(ctx, outputs);
     let (cluster, service) = (&outputs.ecs_cluster_name, &outputs.ecs_service_name);
     say!("==> ECS: forcing a new deployment of service {service} (cluster {cluster})");
@@ -135,7 +143,7 @@ const TRANSIENT_BUDGET: Duration = Duration::from_secs(120);
 
 /// Poll until deployment `id` completes, fails, is superseded, or the
 /// timeout passes.
-pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &RolloutArgs) -> Result<()> {
+pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &Options) -> Result<()> {
     let ecs = client(ctx, outputs);
     let start = Instant::now();
     let timeout = Duration::from_secs(args.timeout);

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::cli::SandboxAction;
 use crate::process::{self, Command};
 use crate::redact;
 
@@ -45,15 +44,23 @@ pub fn dir(project: &Path) -> PathBuf {
 }
 
 /// `casey-deploy sandbox up|down|status`.
-pub fn run(project: &Path, action: &SandboxAction, admin_user: &str) -> Result<()> {
+/// `casey-deploy sandbox …`.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    Up,
+    Down,
+    Status,
+}
+
+pub fn run(project: &Path, action: Action, admin_user: &str) -> Result<()> {
     match action {
-        SandboxAction::Up => {
+        Action::Up => {
             let sandbox = up(project, admin_user)?;
             print_status(&sandbox);
             Ok(())
         }
-        SandboxAction::Down => down(project),
-        SandboxAction::Status => match running(project, admin_user)? {
+        Action::Down => down(project),
+        Action::Status => match running(project, admin_user)? {
             Some(sandbox) => {
                 print_status(&sandbox);
                 Ok(())

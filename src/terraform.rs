@@ -9,6 +9,13 @@ use serde_json::Value;
 use crate::check::Problem;
 use crate::process::{Command, Output};
 
+/// The user's variables: `-var KEY=VALUE` pairs and `-var-file` files.
+#[derive(Debug, Clone, Default)]
+pub struct Vars {
+    pub vars: Vec<(String, String)>,
+    pub files: Vec<PathBuf>,
+}
+
 /// Terraform in one directory, with the variables every call passes.
 pub struct Terraform {
     dir: PathBuf,
@@ -301,14 +308,14 @@ pub enum Plan {
 }
 
 impl Terraform {
-    /// `base` are the tool's own variables (region, user names); `vars` and
-    /// `var_files` come from --var and --var-file and are passed after them, so they win.
-    pub fn new(dir: &Path, base: &[(String, String)], vars: &[(String, String)], var_files: &[PathBuf]) -> Self {
+    /// `base` are the tool's own variables (region, user names); `user`'s
+    /// come from --var and --var-file and are passed after them, so they win.
+    pub fn new(dir: &Path, base: &[(String, String)], user: &Vars) -> Self {
         let mut var_args = Vec::new();
-        for (k, v) in base.iter().chain(vars) {
+        for (k, v) in base.iter().chain(&user.vars) {
             var_args.push(format!("-var={k}={v}"));
         }
-        for file in var_files {
+        for file in &user.files {
             var_args.push(format!("-var-file={}", absolute(file).display()));
         }
         sweep_stale_plans(dir);

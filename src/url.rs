@@ -16,7 +16,6 @@ use anyhow::{anyhow, bail, Result};
 use aws_sdk_ecs::types::DesiredStatus;
 use serde_json::{json, Value};
 
-use crate::cli::UrlArgs;
 use crate::context::Ctx;
 use crate::outputs::Outputs;
 use crate::rollout::clock;
@@ -53,7 +52,16 @@ impl Resolved {
 
 const IP_NOTE: &str = "note: without an ALB this is the task's public IP, which changes on every deploy (a new task gets a new IP): run `casey-deploy backend-url` again after each deploy, or enable the ALB (`casey-deploy infra --var enable_alb=true`) for a stable URL";
 
-pub fn run(ctx: &Ctx, args: &UrlArgs) -> Result<()> {
+/// What `backend-url` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Seconds to wait for a running task with a public IP.
+    pub wait: u64,
+    /// Probe each URL.
+    pub check: bool,
+}
+
+pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
     let outputs = ctx.outputs()?;
     let resolved = resolve(ctx, &outputs, Duration::from_secs(args.wait))?;
     let checks = if args.check { Some(check_all(ctx, &resolved)) } else { None };
