@@ -233,19 +233,12 @@ struct DockerConfig {
 
 impl DockerConfig {
     fn create() -> Result<DockerConfig> {
-        use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::temp_dir();
-        let mut attempt = 0u32;
-        let dir = loop {
-            let nanos =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-            let dir = base.join(format!("casey-deploy-docker-{}-{nanos}", std::process::id()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => break dir,
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 10 => attempt += 1,
-                Err(e) => return Err(e).with_context(|| format!("could not create {}", dir.display())),
-            }
-        };
+        // tempfile makes it 0700, under a name nobody else can take.
+        let dir = tempfile::Builder::new()
+            .prefix("casey-deploy-docker-")
+            .tempdir()
+            .context("could not create a private Docker config folder")?
+            .keep();
         // It will hold the ECR password: removed even when a signal ends the run.
         crate::process::remove_on_exit(&dir);
         let config = DockerConfig { dir };

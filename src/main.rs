@@ -1,4 +1,16 @@
 //! casey-deploy: deploys the casey backend to AWS.
+//!
+//! Layers, each importing only those below it:
+//! - Face: `main`, `cli` (clap, turned into each step's plain `Options`),
+//!   `all` (composes the steps), `doctor` (lists the modules' own checks).
+//! - Steps, one per verb: `infra`, `import`, `image` (+ `publish`, the one
+//!   build → push → digest path), `rollout`, `url`.
+//! - Target: `context` (`Ctx`: the project, the checked caller, SDK clients,
+//!   and what the target provides — registry, task runner, auto-approve),
+//!   `env`, `identity`, `sandbox` (provides the local target; runs no step).
+//! - Ground: `process` (children, signals), `output` (the one output layer),
+//!   `redact`, `check` (typed problems), `terraform`, `outputs`, `aws`, `ecr`,
+//!   `docker`.
 
 mod all;
 mod aws;

@@ -159,15 +159,17 @@ impl Repository {
 /// `terraform output -json -state=FILE` from an empty folder: terraform
 /// reads the state without loading the configuration's providers.
 fn outputs_of_state_file(state: &Path) -> Result<Map<String, Value>> {
-    let empty = std::env::temp_dir().join(format!("casey-deploy-outputs-{}", std::process::id()));
-    std::fs::create_dir_all(&empty).with_context(|| format!("could not create {}", empty.display()))?;
+    let empty = tempfile::Builder::new()
+        .prefix("casey-deploy-outputs-")
+        .tempdir()
+        .context("could not create a temporary folder for `terraform output`")?;
     let out = Command::new("terraform")
-        .arg(format!("-chdir={}", empty.display()))
+        .arg(format!("-chdir={}", empty.path().display()))
         .args(["output", "-json", "-no-color"])
         .arg(format!("-state={}", state.display()))
         .quiet()
         .run();
-    let _ = std::fs::remove_dir(&empty);
+    drop(empty);
     let out = out?;
     if !out.success() {
         bail!("`terraform output -state` failed: {}", out.tail(3));
