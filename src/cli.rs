@@ -81,6 +81,8 @@ pub enum Verb {
     Image(ImageCmd),
     /// Print the URL the frontend should use (NEXT_PUBLIC_WS_URL)
     BackendUrl(UrlArgs),
+    /// One screen: the service, its deployments, the live image (tag, digest, since when), the tasks and their health, the URL and its probe
+    Status,
     /// Start, stop or show the local sandbox that --local uses
     Sandbox {
         #[command(subcommand)]

@@ -38,6 +38,23 @@ pub async fn has_image(ecr: &Client, name: &str, reference: &str) -> Result<bool
     }
 }
 
+/// The digest ECR holds `reference` (a tag) under in repository `name`;
+/// `None` when it holds no such image.
+pub async fn digest_of(ecr: &Client, name: &str, reference: &str) -> Result<Option<String>> {
+    use aws_sdk_ecr::operation::describe_images::DescribeImagesError;
+    use aws_sdk_ecr::types::ImageIdentifier;
+    let id = ImageIdentifier::builder().image_tag(reference).build();
+    match ecr.describe_images().repository_name(name).image_ids(id).send().await {
+        Ok(out) => Ok(out.image_details().first().and_then(|d| d.image_digest()).map(str::to_owned)),
+        Err(err) => match err.as_service_error() {
+            Some(
+                DescribeImagesError::ImageNotFoundException(_) | DescribeImagesError::RepositoryNotFoundException(_),
+            ) => Ok(None),
+            _ => Err(anyhow!("ECR DescribeImages of {name}:{reference} failed: {}", crate::aws::error_text(&err))),
+        },
+    }
+}
+
 /// ECR `PutImage` of `manifest` under `tag` in repository `name`; the same
 /// manifest already under that tag is fine.
 pub async fn put_manifest(ecr: &Client, name: &str, manifest: &str, tag: &str) -> Result<()> {

@@ -4,7 +4,7 @@
 //! - Face: `main`, `cli` (clap, turned into each step's plain `Options`),
 //!   `all` (composes the steps), `doctor` (lists the modules' own checks).
 //! - Steps, one per verb: `infra`, `import`, `image` (+ `publish`, the one
-//!   build → push → digest path), `rollout`, `url`.
+//!   build → push → digest path), `rollout`, `url`, `status`.
 //! - Target: `context` (`Ctx`: the project, the checked caller, SDK clients,
 //!   and what the target provides — registry, task runner, auto-approve),
 //!   `env`, `identity`, `sandbox` (provides the local target; runs no step).
@@ -32,6 +32,7 @@ mod publish;
 mod redact;
 mod rollout;
 mod sandbox;
+mod status;
 mod terraform;
 mod url;
 
@@ -92,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Import(args) => import::run(&ctx, &args.vars()),
         Verb::Image(args) => image::run(&ctx, &args.options()),
         Verb::BackendUrl(args) => url::run(&ctx, &args.options()),
+        Verb::Status => status::run(&ctx),
         Verb::All(args) => all::run(&ctx, args),
     }
 }

@@ -77,7 +77,7 @@ fn primary(service: &Service) -> Option<String> {
     service.deployments().iter().find(|d| d.status() == Some("PRIMARY")).and_then(|d| d.id()).map(str::to_owned)
 }
 
-fn describe(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs) -> Result<Option<Service>> {
+pub fn describe(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs) -> Result<Option<Service>> {
     describe_raw(ctx, ecs, outputs).map_err(|e| describe_error(outputs, &e))
 }
 

@@ -314,8 +314,12 @@ pub struct Check {
 }
 
 impl Check {
-    fn ok(&self) -> bool {
+    pub fn ok(&self) -> bool {
         !self.health.failed() && !self.websocket.failed()
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"url": self.url, "ok": self.ok(), "health": self.health.to_json(), "websocket": self.websocket.to_json()})
     }
 }
 
@@ -323,7 +327,7 @@ impl Check {
 const HEALTH_PATH: &str = "/health";
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn check_all(ctx: &Ctx, resolved: &Resolved) -> Vec<Check> {
+pub fn check_all(ctx: &Ctx, resolved: &Resolved) -> Vec<Check> {
     let urls: Vec<String> = match resolved {
         Resolved::Alb { url, .. } => vec![url.clone()],
         Resolved::Tasks(tasks) => tasks.iter().map(|t| t.url.clone()).collect(),

@@ -73,7 +73,8 @@ fn every_verb_prints_only_json_with_json() {
     assert!(error.contains("tag") && error.contains("********"), "the error names the tag, masked: {summary}");
 
     // The image is in ECR: the service is created; -q hides the human text.
-    emulator.put_image("casey-backend", "latest");
+    let put = emulator.put_image("casey-backend", "latest");
+    let pushed_digest = put["image"]["imageId"]["imageDigest"].as_str().unwrap_or_default().to_owned();
     let infra = casey(&["infra", "--yes", "--json", "-q"]);
     infra.assert_ok();
     assert_eq!(events(&infra).pop().unwrap()["outcome"], "applied", "{}", infra.stdout);
@@ -100,6 +101,27 @@ fn every_verb_prints_only_json_with_json() {
     assert!(doc["url"].as_str().is_some_and(|u| u.starts_with("ws://127.")), "{doc}");
     assert!(!url.stdout.contains("BACKEND_WS_URL="), "KEY=value lines move to stderr: {}", url.stdout);
     assert!(url.stderr.contains("BACKEND_WS_URL=ws://127."), "{}", url.stderr);
+
+    // status: the service, its counts, the live image's digest as ECR holds it, the URL.
+    let status = casey(&["status", "--json"]);
+    status.assert_ok();
+    let doc = document(&status);
+    assert_eq!(doc["service"], "casey-backend", "{doc}");
+    assert_eq!((doc["running"].as_i64(), doc["desired"].as_i64()), (Some(1), Some(1)), "{doc}");
+    assert!(pushed_digest.starts_with("sha256:"), "{put}");
+    assert_eq!(doc["image_digest"], pushed_digest.as_str(), "{doc}");
+    assert_eq!(doc["image_tag"], "latest", "{doc}");
+    let deployments = doc["deployments"].as_array().cloned().unwrap_or_default();
+    assert!(deployments.iter().any(|d| d["status"] == "PRIMARY" && d["running"] == 1), "{doc}");
+    assert_eq!(doc["url"], document(&url)["url"], "{doc}");
+    assert!(doc["probe"].as_array().is_some_and(|p| p.len() == 1 && p[0]["ok"].is_boolean()), "{doc}");
+    assert!(status.stderr.contains("live: ") && status.stderr.contains("deployment "), "{}", status.stderr);
+
+    // doctor: one document listing every check.
+    let doctor = casey(&["doctor", "--json"]);
+    let doc = document(&doctor);
+    assert_eq!(doc["ok"].as_bool(), Some(doctor.ok()), "{doc}");
+    assert!(doc["checks"].as_array().is_some_and(|c| c.len() > 5), "{doc}");
 
     // Verbs without a JSON form, and usage errors: still nothing but JSON.
     let completions = casey(&["completions", "bash", "--json"]);

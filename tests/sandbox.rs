@@ -147,6 +147,13 @@ fn all_local_deploys_a_backend_that_answers_and_leaves_the_real_state_alone() {
     let summary = events.last().unwrap();
     assert_eq!((summary["event"].as_str(), summary["ok"].as_bool()), (Some("summary"), Some(true)), "{summary}");
     assert_eq!(summary["digest"], pushed["digest"]);
+    // status: the digest ECR holds for the live tag is the one pushed, and the URL answers its probe.
+    let status = project.casey(&["status", "--local", "--json"], &[]);
+    status.assert_ok();
+    let doc: serde_json::Value =
+        serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", status.stdout));
+    assert_eq!(doc["image_digest"], pushed["digest"], "{doc}");
+    assert!(doc["probe"][0]["ok"] == true, "the backend answers: {doc}");
     let url2 = printed_url(&project.casey(&["backend-url", "--local"], &[]), "BACKEND_WS_URL");
     assert_ne!(url, url2, "the rollout replaced the task");
     assert_backend_answers(&url2);
