@@ -43,7 +43,8 @@ Gaps filled, each because a real client trips over it:
    --iam-propagation-seconds); a Fargate task needs a route to ECR (public IP + internet gateway, NAT, or
    ECR/S3 (and Logs) endpoints) and an image that exists (moto's ECR store or the --registry behind it, whose
    images ECR reads also report); the task definition's health check decides HEALTHY; the circuit breaker
-   counts consecutive failures and resets on a healthy task; the default VPC has its internet gateway. Each
+   counts consecutive failures and resets on a healthy task; the default VPC has its internet gateway; an awslogs
+   container's log group must exist (the runner ships the task's output there, see LogShipper). Each
    rule can be switched off only through POST /_casey/rules. moto's RunTask containers get the API's shape.
 9. On request: DescribeServices answers with the state of S seconds ago (ECS is eventually consistent), and
    faults (5xx, throttling, latency, dropped connections) per service and action.
@@ -110,6 +111,9 @@ from moto.ecs.responses import DESCRIBE_SERVICES_TAGS, EC2ContainerServiceRespon
 from moto.iam.access_control import AssumedRoleAccessKey, IAMPolicyStatement, IAMUserAccessKey  # noqa: E402
 from moto.iam.exceptions import LimitExceededException  # noqa: E402
 from moto.iam.models import IAMBackend, iam_backends  # noqa: E402
+from moto.logs.exceptions import ResourceNotFoundException as LogsNotFound  # noqa: E402
+from moto.logs.models import logs_backends  # noqa: E402
+from moto.logs.responses import LogsResponse  # noqa: E402
 from moto.moto_api import state_manager  # noqa: E402
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # noqa: E402
 
@@ -122,7 +126,7 @@ FAILURES: dict[tuple[str, str], list] = {}  # (cluster, service) -> [stoppedReas
 # AWS rules the emulator enforces because casey-deploy depends on them (README.md, "AWS rules"). Each is on
 # by default; only POST /_casey/rules switches one off, for a test that needs it off.
 RULES = {"iam_policy_size": True, "iam_policies_per_entity": True, "fargate_networking": True,
-         "image_exists": True, "container_health_check": True}
+         "image_exists": True, "container_health_check": True, "awslogs_group_exists": True}
 IAM_PROPAGATION_SECONDS = 3.0  # --iam-propagation-seconds, POST /_casey/iam/propagation
 BACKING_REGISTRY: str | None = None  # --registry, POST /_casey/ecr/registry: a loopback registry behind ECR
 READ_LAG = {"seconds": 0.0, "since": 0.0}  # POST /_casey/ecs/read-lag
@@ -317,6 +321,8 @@ class TaskRun:
         self.health_output = ""
         self.failure: tuple[str, str, int | None] | None = None  # (stoppedReason, stopCode, exit code)
         self.stopping = threading.Event()
+        awslogs = awslogs_target(container, task.region_name, task.id)
+        self.shipper = awslogs and LogShipper(self.log_file, task._account_id, *awslogs)
         self.thread = threading.Thread(target=self._main, daemon=True, name=f"task-{task.id}")
         with RUNS_LOCK:
             RUNS.add(self)
@@ -377,6 +383,8 @@ class TaskRun:
                 traceback.print_exc()
         finally:
             self._log(f"casey-emulator: task {self.task_id}: gone (exit code {self.exit_code})")
+            if self.shipper:  # the process or container is gone: its last lines are in the file now
+                self.shipper.close()
             with RUNS_LOCK:
                 RUNS.discard(self)
 
@@ -411,6 +419,10 @@ class TaskRun:
             connection.close()
 
     def _log(self, line: str) -> None:
+        """An emulator line in the task's log file. The awslogs shipper skips it: only the task's own output
+        goes to CloudWatch Logs."""
+        if self.shipper:
+            self.shipper.own(line)
         with open(self.log_file, "a") as log:
             log.write(line + "\n")
 
@@ -569,6 +581,98 @@ class DockerRun(TaskRun):
 RUN_CLASSES = {"process": ProcessRun, "docker": DockerRun}
 
 
+# --- the awslogs log driver: a task's output in CloudWatch Logs ------------------------------------------
+
+# "If you specify a prefix with this option, then the log stream takes the following format:
+# prefix-name/container-name/ecs-task-id" (awslogs-stream-prefix, required on Fargate):
+# https://docs.aws.amazon.com/AmazonECS/latest/developerguide/using_awslogs.html, and
+# https://docs.aws.amazon.com/prescriptive-guidance/latest/implementing-logging-monitoring-cloudwatch/ec2-fargate-logs.html
+# ("<awslogs-stream-prefix>/<container_name>/<task_id>").
+LOGS_LOCK = threading.RLock()  # moto's logs backend is not thread-safe: its API requests and the shippers share it
+SHIP_INTERVAL = 0.2
+
+
+def awslogs_options(container: dict) -> dict | None:
+    config = container.get("logConfiguration") or {}
+    return (config.get("options") or {}) if config.get("logDriver") == "awslogs" else None
+
+
+def awslogs_target(container: dict, region: str, task_id: str) -> tuple[str, str, str] | None:
+    """(region, group, stream) where the awslogs driver ships this container's output, else None."""
+    options = awslogs_options(container)
+    if options is None or not options.get("awslogs-group"):
+        return None
+    prefix = options.get("awslogs-stream-prefix")
+    # Without a prefix (EC2 only) the stream is named after the Docker container ID; the task ID stands in.
+    stream = f"{prefix}/{container.get('name')}/{task_id}" if prefix else task_id
+    return options.get("awslogs-region") or region, options["awslogs-group"], stream
+
+
+class LogShipper:
+    """Tails a task's log file and puts each complete line, as the awslogs driver does, into moto's CloudWatch
+    Logs backend (in-process), every SHIP_INTERVAL s; close() ships what is left. Lines the emulator wrote
+    (TaskRun._log, announced through own()) are skipped. Timestamps: when the line was read, in ms."""
+
+    def __init__(self, path: str, account: str, region: str, group: str, stream: str):
+        self.path, self.account, self.region, self.group, self.stream = path, account, region, group, stream
+        self.offset, self.partial, self.last_ms = 0, b"", 0
+        self.own_lines: dict[bytes, int] = {}
+        self.own_lock = threading.Lock()
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._main, daemon=True, name=f"awslogs-{stream}")
+        self.thread.start()
+
+    def own(self, line: str) -> None:
+        with self.own_lock:
+            key = line.encode()
+            self.own_lines[key] = self.own_lines.get(key, 0) + 1
+
+    def close(self) -> None:
+        self.closing.set()
+        self.thread.join(30)
+
+    def _main(self) -> None:
+        while not self.closing.wait(SHIP_INTERVAL):
+            self._ship(final=False)
+        self._ship(final=True)
+
+    def _ship(self, final: bool) -> None:
+        try:
+            with open(self.path, "rb") as log:
+                log.seek(self.offset)
+                data = log.read()
+        except FileNotFoundError:
+            return
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()  # an unfinished line waits for its newline, or for close()
+        if final and self.partial:
+            lines.append(self.partial)
+            self.partial = b""
+        events = []
+        for line in lines:
+            line = line.rstrip(b"\r")
+            with self.own_lock:
+                if self.own_lines.get(line):
+                    self.own_lines[line] -= 1
+                    continue
+            if line.strip():  # the driver sends no empty messages
+                self.last_ms = max(self.last_ms, int(time.time() * 1000))
+                events.append({"timestamp": self.last_ms, "message": line.decode("utf-8", "replace")})
+        if not events:
+            return
+        try:
+            with LOGS_LOCK:
+                backend = logs_backends[self.account][self.region]
+                backend.ensure_log_stream(self.group, self.stream)
+                for start in range(0, len(events), 10_000):  # PutLogEvents takes at most 10,000 events
+                    backend.put_log_events(self.group, self.stream, events[start:start + 10_000])
+        except LogsNotFound:  # the group was deleted (or never existed, with the rule off): the lines are lost
+            pass
+        except Exception:
+            traceback.print_exc()
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "(no output)"
@@ -610,6 +714,41 @@ LOGS_TIMEOUT = (
     "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: "
     "failed to create Cloudwatch log stream: RequestError: send request failed caused by: Post "
     "\"https://logs.{region}.amazonaws.com/\": dial tcp 203.0.113.10:443: i/o timeout : exit status 1")
+
+
+# A container whose awslogs group does not exist (and without awslogs-create-group "true"): the task stops
+# before it runs. "The specified log group does not exist" is CloudWatch Logs' ResourceNotFoundException; ECS
+# wraps it as below on Fargate (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/
+# resource-initialization-error.html, "failed to validate logger args"), and as CannotStartContainerError
+# ("failed to initialize logging driver") on EC2. awslogs-create-group "true" makes ECS create the group
+# (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/using_awslogs.html).
+LOG_GROUP_MISSING = (
+    "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: "
+    "failed to create Cloudwatch log stream: ResourceNotFoundException: The specified log group does not exist. "
+    "status code: 400, request id: {request_id} : exit status 1")
+LOG_GROUP_MISSING_EC2 = (
+    "CannotStartContainerError: Error response from daemon: failed to initialize logging driver: failed to create "
+    "Cloudwatch log stream: ResourceNotFoundException: The specified log group does not exist. status code: 400, "
+    "request id: {request_id}")
+
+
+def log_group_failure(account: str, region: str, task_def, fargate: bool) -> str | None:
+    """The stoppedReason of a task with an awslogs container whose log group does not exist, else None."""
+    for container in task_def.container_definitions:
+        options = awslogs_options(container)
+        if options is None or not options.get("awslogs-group"):
+            continue
+        group_region, group = options.get("awslogs-region") or region, options["awslogs-group"]
+        with LOGS_LOCK:
+            backend = logs_backends[account][group_region]
+            if group in backend.groups:
+                continue
+            if str(options.get("awslogs-create-group", "")).lower() == "true":
+                backend.create_log_group(group, {})
+                continue
+        if RULES["awslogs_group_exists"]:
+            return (LOG_GROUP_MISSING if fargate else LOG_GROUP_MISSING_EC2).format(request_id=uuid.uuid4())
+    return None
 
 
 def _route_table(ec2, subnet):
@@ -888,7 +1027,8 @@ def _launch(backend, service, deployment: Deployment) -> Task:
     fargate = service.launch_type == "FARGATE" or any(
         "FARGATE" in (item.get("capacityProvider") or "") for item in service.capacity_provider_strategy or [])
     task.casey_start_failure = deployment.fail_reason or (
-        fargate and network_failure(backend, task, task_def, public_ip)) or next(
+        fargate and network_failure(backend, task, task_def, public_ip)) or log_group_failure(
+        backend.account_id, backend.region_name, task_def, fargate) or next(
         (reason for c in task_def.container_definitions if (reason := image_failure(c.get("image"), backend.account_id))),
         None)
     config = RUNNER
@@ -1175,8 +1315,12 @@ def list_tasks(self) -> ActionResult:
 
 
 def _locked(method):
+    return _locked_by(LOCK, method)
+
+
+def _locked_by(lock, method):
     def wrapper(self, *args, **kwargs):
-        with LOCK:
+        with lock:
             return method(self, *args, **kwargs)
     return wrapper
 
@@ -1573,6 +1717,7 @@ def install_patches() -> None:
     EC2ContainerServiceResponse.list_tasks = list_tasks
     for cls in (EC2ContainerServiceResponse, EC2Response, ECRResponse):  # the scheduler reads ECR (images)
         cls.call_action = _locked(cls.call_action)
+    LogsResponse.call_action = _locked_by(LOGS_LOCK, LogsResponse.call_action)  # the awslogs shippers write Logs
     ApplicationAutoScalingResponse.register_scalable_target = register_scalable_target
     ApplicationAutoScalingResponse.list_tags_for_resource = aas_list_tags_for_resource
     ApplicationAutoScalingResponse.tag_resource = aas_tag_resource

@@ -550,6 +550,7 @@ def test_fargate_task_through_vpc_endpoints_needs_logs_too(emulator):
     assert code == "TaskFailedToStart" and reason.startswith(
         "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times")
     ecr_endpoints(emulator, private["vpc"], private["subnets"], services=("logs",))
+    client(emulator, "logs").create_log_group(logGroupName="/ecs/app")  # else the awslogs_group_exists rule
     ecs.update_service(cluster="casey", service="logged", forceNewDeployment=True)
     assert wait_for(lambda: settled(emulator, "logged"))
     ecs.delete_service(cluster="casey", service="logged", force=True)
@@ -1011,6 +1012,77 @@ def registry(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def awslogs_definition(emulator, family, group, **options):
+    """A task definition of the stand-in's image whose container "app" logs through awslogs to `group`."""
+    client(emulator, "ecs").register_task_definition(
+        family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256", memory="512",
+        containerDefinitions=[{
+            "name": "app", "image": STANDIN_DEFINITIONS["good"][0], "portMappings": [{"containerPort": emulator["port"]}],
+            "logConfiguration": {"logDriver": "awslogs", "options": {
+                "awslogs-group": group, "awslogs-region": "us-east-1", "awslogs-stream-prefix": "backend", **options}}}])
+
+
+def test_awslogs_ships_the_tasks_output_to_cloudwatch_logs(runner, standin, tmp_path):
+    """Every line the task prints (stdout and stderr), and only those, lands in the awslogs group, stream
+    backend/<container name>/<task id>, promptly, with the time it was printed."""
+    wrapper = tmp_path / "casey-backend"  # prints, then becomes the stand-in (which serves /health)
+    wrapper.write_text(f"#!/bin/sh\necho \"hello from task $$\"\necho 'to stderr' >&2\nexec {standin}\n")
+    wrapper.chmod(0o755)
+    assert control(runner, "/_casey/runner", {
+        "mode": "process", "backend_bin": str(wrapper), "env": {"STANDIN_DIR": str(tmp_path)},
+        "log_dir": str(tmp_path / "logs"), "start_timeout": 20})[0] == 200
+    logs = client(runner, "logs")
+    logs.create_log_group(logGroupName="/ecs/shipped")
+    awslogs_definition(runner, "shipped", "/ecs/shipped")
+    before = int(time.time() * 1000)
+    create_service(runner, runner["net"], "shipped", desired=1, task_definition="shipped")
+    assert wait_for(lambda: settled(runner, "shipped"))
+    [task] = runner_tasks(runner, "shipped")
+    task_id, pid = task["task_arn"].rsplit("/", 1)[1], task["runner"]["pid"]
+
+    def events():
+        return logs.filter_log_events(logGroupName="/ecs/shipped", logStreamNamePrefix="backend/")["events"]
+    assert wait_for(lambda: len(events()) >= 2, timeout=3), events()
+    shipped = events()
+    assert {(e["logStreamName"], e["message"]) for e in shipped} == {
+        (f"backend/app/{task_id}", f"hello from task {pid}"), (f"backend/app/{task_id}", "to stderr")}
+    assert all(before <= e["timestamp"] <= int(time.time() * 1000) for e in shipped)
+    log_file = Path(task["runner"]["log_file"]).read_text()
+    assert f"hello from task {pid}" in log_file and "casey-emulator: task" in log_file  # the file has both
+
+    client(runner, "ecs").delete_service(cluster="casey", service="shipped", force=True)
+    assert wait_for(lambda: not alive(pid))
+    time.sleep(1)  # the emulator's own stop lines stay out of CloudWatch too
+    assert not [e for e in events() if "casey-emulator" in e["message"]]
+    assert [s["logStreamName"] for s in logs.describe_log_streams(logGroupName="/ecs/shipped")["logStreams"]] == [
+        f"backend/app/{task_id}"]
+
+
+def test_awslogs_group_must_exist(runner, standin, tmp_path):
+    """ECS does not create an awslogs group (unless awslogs-create-group is "true"): without it the task stops
+    before it runs."""
+    use_standin(runner, standin, tmp_path)
+    awslogs_definition(runner, "unlogged", "/ecs/missing")
+    create_service(runner, runner["net"], "unlogged", desired=1, task_definition="unlogged",
+                   deploymentConfiguration=BREAKER)
+    assert failed_rollout(runner, "unlogged")
+    [task, *_] = service_tasks(runner, "unlogged", "STOPPED")
+    assert task["stopCode"] == "TaskFailedToStart"
+    assert task["stoppedReason"].startswith(
+        "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: "
+        "failed to create Cloudwatch log stream: ResourceNotFoundException: The specified log group does not exist.")
+    assert standin_envs(tmp_path) == {}  # no process was started
+    assert control(runner, "/_casey/rules")[1]["awslogs_group_exists"] is True
+    client(runner, "ecs").delete_service(cluster="casey", service="unlogged", force=True)
+
+    awslogs_definition(runner, "self-made", "/ecs/self-made", **{"awslogs-create-group": "true"})
+    create_service(runner, runner["net"], "self-made", desired=1, task_definition="self-made")
+    assert wait_for(lambda: settled(runner, "self-made"))
+    assert [g["logGroupName"] for g in client(runner, "logs").describe_log_groups(
+        logGroupNamePrefix="/ecs/self-made")["logGroups"]] == ["/ecs/self-made"]
+    client(runner, "ecs").delete_service(cluster="casey", service="self-made", force=True)
 
 
 def test_backing_registry_is_what_ecr_and_tasks_see(registry, tmp_path):
