@@ -59,6 +59,7 @@ import argparse
 import base64
 import copy
 import ctypes
+import hashlib
 import http.client
 import io
 import ipaddress
@@ -111,6 +112,7 @@ from moto.ecs.responses import DESCRIBE_SERVICES_TAGS, EC2ContainerServiceRespon
 from moto.iam.access_control import AssumedRoleAccessKey, IAMPolicyStatement, IAMUserAccessKey  # noqa: E402
 from moto.iam.exceptions import LimitExceededException  # noqa: E402
 from moto.iam.models import IAMBackend, iam_backends  # noqa: E402
+from moto.logs.exceptions import InvalidParameterException as LogsInvalidParameter  # noqa: E402
 from moto.logs.exceptions import ResourceNotFoundException as LogsNotFound  # noqa: E402
 from moto.logs.models import logs_backends  # noqa: E402
 from moto.logs.responses import LogsResponse  # noqa: E402
@@ -693,6 +695,37 @@ def stop_all_runs() -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+# FilterLogEvents' logStreamNamePrefix: "Filters the results to include only events from log streams that have
+# names starting with this prefix. If you specify a value for both logStreamNamePrefix and logStreamNames, the
+# action returns an InvalidParameterException error."
+# (https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_FilterLogEvents.html). moto ignores
+# the prefix and returns every stream's events (`casey-deploy logs --task` would show other tasks' lines).
+_moto_filter_log_events = LogsResponse.filter_log_events
+
+
+def _filter_log_events(self) -> str:
+    prefix = self._get_param("logStreamNamePrefix")
+    if not prefix:
+        return _moto_filter_log_events(self)
+    if self._get_param("logStreamNames"):
+        raise LogsInvalidParameter("Cannot specify both logStreamNamePrefix and logStreamNames")
+    group = self.logs_backend.groups.get(self._get_param("logGroupName"))
+    names = [name for name in (group.streams if group else {}) if name.startswith(prefix)]
+    if not names:  # moto reads an empty list as "every stream"
+        if group is None:
+            return _moto_filter_log_events(self)  # its ResourceNotFoundException
+        return json.dumps({"events": [], "searchedLogStreams": []})
+    self._get_param = _with_param(self._get_param, "logStreamNames", names)
+    return _moto_filter_log_events(self)
+
+
+def _with_param(get_param, key, value):
+    return lambda name, *default: value if name == key else get_param(name, *default)
+
+
+LogsResponse.filter_log_events = _filter_log_events
+
+
 # --- what a Fargate task needs before it can start -------------------------------------------------------
 
 # A Fargate task (platform 1.4.0) pulls its registry auth and image through its own ENI. Without a public IP
@@ -914,6 +947,21 @@ def _with_registry_images(method):
             for image in extra:
                 repository.images.remove(image)
     return wrapper
+
+
+# --- ECR image digests ------------------------------------------------------------------------------------
+# An image's digest is "the sha256 digest of the image manifest"
+# (https://docs.aws.amazon.com/AmazonECR/latest/APIReference/API_ImageIdentifier.html): of the manifest's bytes,
+# as `docker push` and the OCI distribution spec compute it. moto hashes the layer digests instead, so a
+# client that checks what PutImage returns against its own sha256 of the manifest (or pins a service to
+# <repo>@<digest>) would disagree with ECR.
+
+
+def _manifest_digest(self) -> None:
+    self._image_digest = "sha256:" + hashlib.sha256(self.image_manifest.encode("utf-8")).hexdigest()
+
+
+EcrImage._create_digest = _manifest_digest
 
 
 # --- ECS scheduler ----------------------------------------------------------------------------------------

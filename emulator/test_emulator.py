@@ -1277,3 +1277,35 @@ def test_real_backend_as_a_task(runner, backend_bin, tmp_path):
     client(runner, "ecs").delete_service(cluster="casey", service="backend", force=True)
     assert wait_for(lambda: get(task["public_ip"], port)[0] is None, timeout=20)
     assert wait_for(lambda: not alive(task["runner"]["pid"]))
+
+
+def test_an_images_digest_is_the_sha256_of_its_manifest(emulator):
+    """ECR: imageDigest is "the sha256 digest of the image manifest" (API_ImageIdentifier); moto hashed the layers."""
+    ecr = client(emulator, "ecr")
+    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
+        ecr.create_repository(repositoryName="digests")
+    body = manifest("digests:v1")
+    put = ecr.put_image(repositoryName="digests", imageTag="v1", imageManifest=body)
+    expected = "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+    assert put["image"]["imageId"]["imageDigest"] == expected
+    described = ecr.describe_images(repositoryName="digests", imageIds=[{"imageTag": "v1"}])["imageDetails"]
+    assert [d["imageDigest"] for d in described] == [expected]
+
+
+def test_filter_log_events_honours_the_stream_prefix(emulator):
+    """FilterLogEvents returns only the streams starting with logStreamNamePrefix (moto returned every stream),
+    and refuses a prefix together with stream names, as AWS does (API_FilterLogEvents)."""
+    logs = client(emulator, "logs")
+    logs.create_log_group(logGroupName="/prefix-test")
+    for stream in ["backend/app/one", "backend/app/two"]:
+        logs.create_log_stream(logGroupName="/prefix-test", logStreamName=stream)
+        logs.put_log_events(logGroupName="/prefix-test", logStreamName=stream,
+                            logEvents=[{"timestamp": int(time.time() * 1000), "message": f"from {stream}"}])
+    got = logs.filter_log_events(logGroupName="/prefix-test", logStreamNamePrefix="backend/app/one")["events"]
+    assert [e["message"] for e in got] == ["from backend/app/one"]
+    assert logs.filter_log_events(logGroupName="/prefix-test", logStreamNamePrefix="backend/none")["events"] == []
+    assert len(logs.filter_log_events(logGroupName="/prefix-test", logStreamNamePrefix="backend/")["events"]) == 2
+    with pytest.raises(logs.exceptions.InvalidParameterException):
+        logs.filter_log_events(logGroupName="/prefix-test", logStreamNamePrefix="backend/",
+                               logStreamNames=["backend/app/one"])
+

@@ -81,6 +81,8 @@ pub enum Verb {
     Image(ImageCmd),
     /// Print the URL the frontend should use (NEXT_PUBLIC_WS_URL)
     BackendUrl(UrlArgs),
+    /// The backend's CloudWatch logs: plain lines with time and task
+    Logs(LogsArgs),
     /// One screen: the service, its deployments, the live image (tag, digest, since when), the tasks and their health, the URL and its probe
     Status,
     /// Start, stop or show the local sandbox that --local uses
@@ -197,6 +199,27 @@ pub struct UrlArgs {
     /// Check each URL: GET /health (200) and a WebSocket upgrade on /ws (101)
     #[arg(long)]
     pub check: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// How far back to start: 30s, 5m, 2h, 1d
+    #[arg(long, default_value = "10m", value_parser = crate::logs::parse_since, value_name = "DURATION")]
+    pub since: std::time::Duration,
+
+    /// Keep printing new lines until interrupted (Ctrl-C)
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+
+    /// Only this task's lines (its id, or its ARN)
+    #[arg(long, value_name = "ID")]
+    pub task: Option<String>,
+}
+
+impl LogsArgs {
+    pub fn options(&self) -> crate::logs::Options {
+        crate::logs::Options { since: self.since, follow: self.follow, task: self.task.clone() }
+    }
 }
 
 #[derive(Args, Debug, Clone, Default)]

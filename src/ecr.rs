@@ -56,14 +56,18 @@ pub async fn digest_of(ecr: &Client, name: &str, reference: &str) -> Result<Opti
 }
 
 /// ECR `PutImage` of `manifest` under `tag` in repository `name`; the same
-/// manifest already under that tag is fine.
-pub async fn put_manifest(ecr: &Client, name: &str, manifest: &str, tag: &str) -> Result<()> {
+/// manifest already under that tag is fine. Returns the digest ECR holds it
+/// under (the sha256 of the manifest, as ECR computes it).
+pub async fn put_manifest(ecr: &Client, name: &str, manifest: &str, tag: &str) -> Result<String> {
     use aws_sdk_ecr::operation::put_image::PutImageError;
-    match ecr.put_image().repository_name(name).image_manifest(manifest).image_tag(tag).send().await {
-        Ok(_) => Ok(()),
-        Err(err) if matches!(err.as_service_error(), Some(PutImageError::ImageAlreadyExistsException(_))) => Ok(()),
-        Err(err) => Err(anyhow!("ECR PutImage of {name}:{tag} failed: {}", crate::aws::error_text(&err))),
-    }
+    let digest = match ecr.put_image().repository_name(name).image_manifest(manifest).image_tag(tag).send().await {
+        Ok(out) => out.image().and_then(|i| i.image_id()).and_then(|id| id.image_digest()).map(str::to_owned),
+        Err(err) if matches!(err.as_service_error(), Some(PutImageError::ImageAlreadyExistsException(_))) => {
+            digest_of(ecr, name, tag).await?
+        }
+        Err(err) => return Err(anyhow!("ECR PutImage of {name}:{tag} failed: {}", crate::aws::error_text(&err))),
+    };
+    digest.with_context(|| format!("ECR PutImage of {name}:{tag} returned no image digest"))
 }
 
 /// User and password from ECR `GetAuthorizationToken` (a base64

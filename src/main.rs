@@ -4,7 +4,7 @@
 //! - Face: `main`, `cli` (clap, turned into each step's plain `Options`),
 //!   `all` (composes the steps), `doctor` (lists the modules' own checks).
 //! - Steps, one per verb: `infra`, `import`, `image` (+ `publish`, the one
-//!   build → push → digest path), `rollout`, `url`, `status`.
+//!   build → push → digest path), `rollout`, `url`, `status`, `logs`.
 //! - Target: `context` (`Ctx`: the project, the checked caller, SDK clients,
 //!   and what the target provides — registry, task runner, auto-approve),
 //!   `env`, `identity`, `sandbox` (provides the local target; runs no step).
@@ -25,6 +25,7 @@ mod identity;
 mod image;
 mod import;
 mod infra;
+mod logs;
 mod output;
 mod outputs;
 mod process;
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
     output::install_panic_hook();
     let cli = Cli::parse();
     let shape = match cli.command {
-        Verb::All(_) | Verb::Infra(_) | Verb::Import(_) | Verb::Image(_) => output::Shape::Events,
+        Verb::All(_) | Verb::Infra(_) | Verb::Import(_) | Verb::Image(_) | Verb::Logs(_) => output::Shape::Events,
         _ => output::Shape::Document,
     };
     let mode = output::Mode { quiet: cli.global.quiet, verbose: cli.global.verbose, json: cli.global.json };
@@ -94,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Image(args) => image::run(&ctx, &args.options()),
         Verb::BackendUrl(args) => url::run(&ctx, &args.options()),
         Verb::Status => status::run(&ctx),
+        Verb::Logs(args) => logs::run(&ctx, &args.options()),
         Verb::All(args) => all::run(&ctx, args),
     }
 }

@@ -252,10 +252,11 @@ fn json_line(value: &Value, pretty: bool) {
 
 /// An NDJSON event (`{"event": kind, …fields}`) under `--json` for the long
 /// verbs; nothing otherwise (the human text says the same on stderr).
-pub fn event(kind: &str, fields: Value) {
+/// Returns whether it was printed.
+pub fn event(kind: &str, fields: Value) -> bool {
     let p = printer();
     if !(p.mode.json && p.shape == Shape::Events) {
-        return;
+        return false;
     }
     let mut object = serde_json::Map::new();
     object.insert("event".to_owned(), json!(kind));
@@ -263,6 +264,7 @@ pub fn event(kind: &str, fields: Value) {
         object.extend(fields);
     }
     json_line(&Value::Object(object), false);
+    true
 }
 
 /// A short verb's result document, under `--json`.
@@ -291,7 +293,9 @@ pub fn failure(message: &str) {
         return;
     }
     match p.shape {
-        Shape::Events => event("summary", json!({ "ok": false, "error": message })),
+        Shape::Events => {
+            event("summary", json!({ "ok": false, "error": message }));
+        }
         Shape::Document if !p.documented.load(std::sync::atomic::Ordering::SeqCst) => {
             json_line(&json!({ "ok": false, "error": message }), true)
         }

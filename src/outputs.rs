@@ -29,6 +29,8 @@ pub struct Outputs {
     pub ecs_service_name: String,
     /// `None` when the stack has no ALB.
     pub alb_dns_name: Option<String>,
+    /// The ECS tasks' log group (`None` from a stack applied before it was an output).
+    pub ecs_log_group_name: Option<String>,
     /// `None` when the stack has no ALB.
     pub recommended_ws_url: Option<String>,
     pub aws_region: String,
@@ -79,6 +81,7 @@ impl Outputs {
             ecs_cluster_name,
             ecs_service_name,
             alb_dns_name: nullable("alb_dns_name"),
+            ecs_log_group_name: nullable("ecs_log_group_name"),
             recommended_ws_url: nullable("recommended_ws_url"),
             aws_region,
             container_name,

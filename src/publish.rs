@@ -183,11 +183,12 @@ fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, binary: &Pat
         "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": bytes.len(), "digest": layer}],
     })
     .to_string();
+    let mut digest = String::new();
     for tag in [image.tag.as_str(), "latest"] {
-        ctx.block_on(crate::ecr::put_manifest(&ctx.ecr(&repo.region), repo.name(), &manifest, tag))?;
+        digest = ctx.block_on(crate::ecr::put_manifest(&ctx.ecr(&repo.region), repo.name(), &manifest, tag))?;
     }
-    say!("==> recorded {} (the cargo-built backend) in ECR", image.immutable_ref());
-    Ok(Pushed { digest: sha256(manifest.as_bytes()) })
+    say!("==> recorded {} (the cargo-built backend) in ECR: {digest}", image.immutable_ref());
+    Ok(Pushed { digest })
 }
 
 /// The digest both tags were pushed with.

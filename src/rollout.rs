@@ -331,17 +331,26 @@ fn diagnose(
     if reasons.is_empty() {
         say!("No task of deployment {id} has stopped.");
     } else {
-        say!("Stopped tasks of deployment {id}:");
-        for reason in &reasons {
+        say!("Stopped tasks of deployment {id}, each with its last {TAIL_LINES} log lines:");
+        for (task_id, reason) in &reasons {
             say!("  {}", redact(reason));
+            match crate::logs::tail(ctx, outputs, task_id, TAIL_LINES) {
+                Ok(lines) => lines.iter().for_each(|line| say!("    | {}", redact(line))),
+                Err(err) => say!("    (no log lines: {})", err.to_string().lines().next().unwrap_or_default()),
+            }
         }
+        say!("All of them: `casey-deploy logs --since 1h --task TASK_ID`");
     }
-    let stopped = reasons.first().map(|r| format!("\nFirst stopped task: {r}")).unwrap_or_default();
+    let stopped = reasons.first().map(|(_, r)| format!("\nFirst stopped task: {r}")).unwrap_or_default();
     anyhow!("step `rollout`: ECS deployment {id} of service {} {what}{stopped}", outputs.ecs_service_name)
 }
 
-/// One line per stopped task of deployment `id`, newest first (at most 5).
-fn stopped_tasks(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs, id: &str) -> Result<Vec<String>> {
+/// How many of a stopped task's last log lines a failed rollout shows.
+const TAIL_LINES: i32 = 20;
+
+/// Each stopped task of deployment `id` (newest first, at most 5): its id,
+/// and one line with why it stopped.
+fn stopped_tasks(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs, id: &str) -> Result<Vec<(String, String)>> {
     let listed = ctx.block_on(
         ecs.list_tasks()
             .cluster(&outputs.ecs_cluster_name)
@@ -374,7 +383,7 @@ fn stopped_tasks(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs, id: &s
                     line.push_str(&format!("; container {} exited {code}", c.name().unwrap_or("?")));
                 }
             }
-            line
+            (task_id.to_owned(), line)
         })
         .collect())
 }

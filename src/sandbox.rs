@@ -302,8 +302,10 @@ pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
         }
     }
     // The emulator answers calls it lacks with 500, which the provider would
-    // retry for minutes: fail fast instead.
-    std::fs::write(tf.join("sandbox_override.tf"), "provider \"aws\" {\n  max_retries = 1\n}\n")?;
+    // retry for minutes (25 attempts): three attempts fail fast and still
+    // absorb a connection the loaded emulator dropped ("use of closed network
+    // connection" from STS, seen on CI).
+    std::fs::write(tf.join("sandbox_override.tf"), "provider \"aws\" {\n  max_retries = 3\n}\n")?;
     Ok(tf)
 }
 

@@ -154,6 +154,15 @@ fn all_local_deploys_a_backend_that_answers_and_leaves_the_real_state_alone() {
         serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", status.stdout));
     assert_eq!(doc["image_digest"], pushed["digest"], "{doc}");
     assert!(doc["probe"][0]["ok"] == true, "the backend answers: {doc}");
+    // logs: the task's own output, shipped to CloudWatch Logs as awslogs does, one line each with time and task.
+    let task = doc["tasks"][0]["task_id"].as_str().unwrap_or_default().to_owned();
+    let logs = project.casey(&["logs", "--local", "--since", "5m", "--task", &task], &[]);
+    logs.assert_ok();
+    let line = logs.stdout.lines().find(|l| l.contains("listening")).unwrap_or_else(|| panic!("{}", logs.all()));
+    let words: Vec<&str> = line.splitn(3, ' ').collect();
+    assert!(words[0].ends_with('Z') && words[0].len() == 20, "{line}");
+    assert_eq!(words[1], task, "the line names its task: {line}\n{doc}");
+    assert!(!logs.stdout.contains("casey-emulator:"), "only the task's own output: {}", logs.stdout);
     let url2 = printed_url(&project.casey(&["backend-url", "--local"], &[]), "BACKEND_WS_URL");
     assert_ne!(url, url2, "the rollout replaced the task");
     assert_backend_answers(&url2);
