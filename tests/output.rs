@@ -117,6 +117,13 @@ fn every_verb_prints_only_json_with_json() {
     assert!(doc["probe"].as_array().is_some_and(|p| p.len() == 1 && p[0]["ok"].is_boolean()), "{doc}");
     assert!(status.stderr.contains("live: ") && status.stderr.contains("deployment "), "{}", status.stderr);
 
+    // logs: NDJSON `log` events (none here: no runner prints) and the summary.
+    let logs = casey(&["logs", "--json", "--since", "1h"]);
+    logs.assert_ok();
+    let got = events(&logs);
+    assert!(got.iter().all(|e| e["event"] == "log" || e["event"] == "summary"), "{}", logs.stdout);
+    assert_eq!(got.last().unwrap()["log_group"], "/ecs/casey-backend", "{}", logs.stdout);
+
     // doctor: one document listing every check.
     let doctor = casey(&["doctor", "--json"]);
     let doc = document(&doctor);
