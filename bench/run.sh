@@ -88,9 +88,17 @@ seed_backend_url() ( # what scripts/get-backend-url.sh did: one terraform call p
 )
 
 echo "measuring ($runs runs each, median; $profile build)"
-t_infra=$(time_it casey infra)
+# `infra` and the bare plan alternate, run by run, so that a change of the
+# machine's load during the benchmark reaches both alike.
+infra_times=(); plan_times=()
+for _ in $(seq "$runs"); do
+  infra_times+=("$(runs=1 time_it casey infra)")
+  plan_times+=("$(runs=1 time_it bare_plan)")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {printf "%.2f", a[int((NR+1)/2)]}'; }
+t_infra=$(median "${infra_times[@]}")
+t_plan=$(median "${plan_times[@]}")
 t_seed=$(time_it seed_deploy)
-t_plan=$(time_it bare_plan)
 t_url=$(time_it casey backend-url)
 t_seed_url=$(time_it seed_backend_url)
 
