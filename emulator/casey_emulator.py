@@ -753,8 +753,11 @@ LOGS_TIMEOUT = (
 # before it runs. "The specified log group does not exist" is CloudWatch Logs' ResourceNotFoundException; ECS
 # wraps it as below on Fargate (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/
 # resource-initialization-error.html, "failed to validate logger args"), and as CannotStartContainerError
-# ("failed to initialize logging driver") on EC2. awslogs-create-group "true" makes ECS create the group
-# (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/using_awslogs.html).
+# ("failed to initialize logging driver") on EC2. awslogs-create-group "true" is not emulated: on ECS it creates
+# the group only when the task execution role allows logs:CreateLogGroup
+# (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/using_awslogs.html), which the emulator does not
+# evaluate, so creating it here would be more forgiving than AWS. The project's stack creates its group in
+# Terraform.
 LOG_GROUP_MISSING = (
     "ResourceInitializationError: failed to validate logger args: create stream has been retried 1 times: "
     "failed to create Cloudwatch log stream: ResourceNotFoundException: The specified log group does not exist. "
@@ -775,9 +778,6 @@ def log_group_failure(account: str, region: str, task_def, fargate: bool) -> str
         with LOGS_LOCK:
             backend = logs_backends[account][group_region]
             if group in backend.groups:
-                continue
-            if str(options.get("awslogs-create-group", "")).lower() == "true":
-                backend.create_log_group(group, {})
                 continue
         if RULES["awslogs_group_exists"]:
             return (LOG_GROUP_MISSING if fargate else LOG_GROUP_MISSING_EC2).format(request_id=uuid.uuid4())

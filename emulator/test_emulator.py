@@ -1061,8 +1061,8 @@ def test_awslogs_ships_the_tasks_output_to_cloudwatch_logs(runner, standin, tmp_
 
 
 def test_awslogs_group_must_exist(runner, standin, tmp_path):
-    """ECS does not create an awslogs group (unless awslogs-create-group is "true"): without it the task stops
-    before it runs."""
+    """ECS does not create an awslogs group: without it the task stops before it runs. awslogs-create-group is
+    not emulated (ECS needs logs:CreateLogGroup on the execution role for it): still missing, still stopped."""
     use_standin(runner, standin, tmp_path)
     awslogs_definition(runner, "unlogged", "/ecs/missing")
     create_service(runner, runner["net"], "unlogged", desired=1, task_definition="unlogged",
@@ -1078,11 +1078,17 @@ def test_awslogs_group_must_exist(runner, standin, tmp_path):
     client(runner, "ecs").delete_service(cluster="casey", service="unlogged", force=True)
 
     awslogs_definition(runner, "self-made", "/ecs/self-made", **{"awslogs-create-group": "true"})
-    create_service(runner, runner["net"], "self-made", desired=1, task_definition="self-made")
-    assert wait_for(lambda: settled(runner, "self-made"))
-    assert [g["logGroupName"] for g in client(runner, "logs").describe_log_groups(
-        logGroupNamePrefix="/ecs/self-made")["logGroups"]] == ["/ecs/self-made"]
+    create_service(runner, runner["net"], "self-made", desired=1, task_definition="self-made",
+                   deploymentConfiguration=BREAKER)
+    assert failed_rollout(runner, "self-made")
+    assert client(runner, "logs").describe_log_groups(logGroupNamePrefix="/ecs/self-made")["logGroups"] == []
     client(runner, "ecs").delete_service(cluster="casey", service="self-made", force=True)
+
+    # Once the group exists, the same definition runs.
+    client(runner, "logs").create_log_group(logGroupName="/ecs/self-made")
+    create_service(runner, runner["net"], "self-made-2", desired=1, task_definition="self-made")
+    assert wait_for(lambda: settled(runner, "self-made-2"))
+    client(runner, "ecs").delete_service(cluster="casey", service="self-made-2", force=True)
 
 
 def test_backing_registry_is_what_ecr_and_tasks_see(registry, tmp_path):
