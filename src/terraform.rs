@@ -269,12 +269,27 @@ pub fn recover_state(tf_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let backup = state.with_file_name("terraform.tfstate.backup");
+    let how = if text.is_empty() { "empty" } else { "cut short" };
+    // Terraform backs the state up before its first write of a run that
+    // found one; a first apply finds none, creates the file empty to hold its
+    // lock, and writes no backup (measured with terraform 1.11). So no backup
+    // at all means the killed apply started from an empty state.
+    if !backup.exists() {
+        let broken = state.with_file_name(format!("terraform.tfstate.broken-{}", earlier.pid));
+        std::fs::rename(&state, &broken).with_context(|| format!("could not move {} aside", state.display()))?;
+        crate::say!(
+            "{} was left {how} by the first apply, which was killed (pid {}); it started from no state, so this run does too (the broken file is kept as {}); what the apply created is adopted when it is met",
+            state.display(),
+            earlier.pid,
+            broken.display()
+        );
+        return Ok(());
+    }
     let saved = std::fs::read_to_string(&backup).ok().filter(|t| serde_json::from_str::<Value>(t).is_ok());
     let Some(saved) = saved else {
         bail!(
-            "{} was left {} by an apply that was killed while terraform wrote it (casey-deploy pid {}), and there is no usable {} to restore: restore the state from your own copy, then run `casey-deploy infra`",
+            "{} was left {how} by an apply that was killed while terraform wrote it (casey-deploy pid {}), and {} is not a readable state either: restore the state from your own copy, then run `casey-deploy infra`",
             state.display(),
-            if text.is_empty() { "empty" } else { "cut short" },
             earlier.pid,
             backup.display()
         );
@@ -283,9 +298,8 @@ pub fn recover_state(tf_dir: &Path) -> Result<()> {
     std::fs::rename(&state, &broken).with_context(|| format!("could not move {} aside", state.display()))?;
     std::fs::write(&state, saved).with_context(|| format!("could not restore {}", state.display()))?;
     crate::say!(
-        "{} was left {} by the apply that was killed (pid {}): restored {}, the state as that apply found it (the broken file is kept as {}); what the apply created is adopted when it is met",
+        "{} was left {how} by the apply that was killed (pid {}): restored {}, the state as that apply found it (the broken file is kept as {}); what the apply created is adopted when it is met",
         state.display(),
-        if text.is_empty() { "empty" } else { "cut short" },
         earlier.pid,
         backup.display(),
         broken.display()

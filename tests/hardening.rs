@@ -302,6 +302,79 @@ fn a_plan_left_by_a_killed_apply_is_removed_by_the_next_run() {
     std::fs::remove_dir(&live).unwrap();
 }
 
+/// The marker a casey-deploy killed in the middle of an apply leaves, naming
+/// a process that is gone.
+fn mark_killed_apply(tf_dir: &Path) -> u32 {
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let pid = gone.id();
+    let dir = tf_dir.join(".terraform");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("casey-deploy.apply-in-progress"), format!("{pid} 1\n")).unwrap();
+    pid
+}
+
+#[test]
+fn a_state_file_broken_by_a_killed_apply_is_restored_or_refused_and_never_half_changed() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    let tf = project.tf_dir();
+    let state = tf.join("terraform.tfstate");
+    let backup = tf.join("terraform.tfstate.backup");
+
+    // A first apply killed before it wrote anything: terraform created the
+    // file empty to hold its lock and, with no state before it, no backup.
+    std::fs::write(&state, "").unwrap();
+    let pid = mark_killed_apply(&tf);
+    let run = project.casey(&["infra", "--yes"]);
+    run.assert_ok();
+    assert!(
+        run.stderr.contains(&format!("was left empty by the first apply, which was killed (pid {pid})")),
+        "{}",
+        run.all()
+    );
+    assert_eq!(std::fs::read_to_string(tf.join(format!("terraform.tfstate.broken-{pid}"))).unwrap(), "");
+    let applied = std::fs::read_to_string(&state).unwrap();
+    assert!(applied.contains("aws_ecs_cluster"), "the run applied from no state");
+    let good_backup = std::fs::read_to_string(&backup).expect("later applies keep terraform's backup");
+
+    // Cut short while written, and the backup unreadable too: refused, and
+    // neither file is touched.
+    let cut = &applied[..applied.len() / 2];
+    std::fs::write(&state, cut).unwrap();
+    std::fs::write(&backup, "{ not json").unwrap();
+    let pid = mark_killed_apply(&tf);
+    let run = project.casey(&["infra", "--yes"]);
+    run.assert_fails_with(
+        "is not a readable state either: restore the state from your own copy, then run `casey-deploy infra`",
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "was left cut short by an apply that was killed while terraform wrote it (casey-deploy pid {pid})"
+        )),
+        "{}",
+        run.all()
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), cut, "the broken state is left as it was");
+    assert_eq!(std::fs::read_to_string(&backup).unwrap(), "{ not json");
+    assert!(!tf.join(format!("terraform.tfstate.broken-{pid}")).exists());
+
+    // With terraform's backup readable, it is restored and the run converges.
+    std::fs::write(&backup, &good_backup).unwrap();
+    emulator.put_image("casey-backend", "latest");
+    let run = project.casey(&["infra", "--yes"]);
+    run.assert_ok();
+    assert!(
+        run.stderr.contains(&format!("was left cut short by the apply that was killed (pid {pid}): restored")),
+        "{}",
+        run.all()
+    );
+    assert_eq!(std::fs::read_to_string(tf.join(format!("terraform.tfstate.broken-{pid}"))).unwrap(), cut);
+    let run = project.casey(&["infra"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("No changes"), "{}", run.all());
+}
+
 // ----------------------------------------------------- 9. timeouts and 5xx
 
 /// A fake AWS endpoint on 127.0.0.1 (no real part can stall or fail on
