@@ -89,7 +89,7 @@ fn steps(ctx: &Ctx, all: &AllArgs, summary: &mut Summary) -> Result<url::Resolve
             let repo = if outcome == Outcome::NoChanges { repo } else { ctx.repository()? };
             let current = publish::image_for(ctx, source, &args.publish, &repo);
             let built = match built {
-                Built::Docker(image) if current.refs() != image.refs() => {
+                Built::Docker(image) if current.immutable_ref() != image.immutable_ref() => {
                     say!("==> the repository changed during the apply: tagging the image for {}", current.repository);
                     crate::docker::retag(&image, &current)?;
                     Built::Docker(current)
@@ -111,7 +111,10 @@ fn steps(ctx: &Ctx, all: &AllArgs, summary: &mut Summary) -> Result<url::Resolve
     let pushed = summary.step("push", || publish::push(ctx, &built, &repo))?;
     let image = built.image();
     summary.pushed = Some(pushed.to_json(image));
-    let outputs = summary.step("rollout", || image::deploy(ctx, args, image))?;
+    let outputs = summary.step("rollout", || {
+        let record = image::new_release(ctx, image, &pushed)?;
+        image::deploy(ctx, &args.infra, &args.rollout, record)
+    })?;
     if matches!(outcome, Outcome::WaitingForImage(_)) {
         summary.note("rollout", "created the service");
     }

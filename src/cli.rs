@@ -85,6 +85,10 @@ pub enum Verb {
     Logs(LogsArgs),
     /// One screen: the service, its deployments, the live image (tag, digest, since when), the tasks and their health, the URL and its probe
     Status,
+    /// The last releases, newest first: when, who, tag, digest, task definition, outcome, and which one is live
+    History(HistoryArgs),
+    /// Put the previous good release (or --to TAG|DIGEST) live again, followed like any rollout
+    Rollback(RollbackArgs),
     /// Start, stop or show the local sandbox that --local uses
     Sandbox {
         #[command(subcommand)]
@@ -143,9 +147,13 @@ pub struct ImageArgs {
     #[arg(long, value_name = "FILE")]
     pub dockerfile: Option<PathBuf>,
 
-    /// Immutable image tag [default: git short sha, with -dirty when the tree has changes]
+    /// Immutable image tag [default: the git short sha of the build context]
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
+
+    /// Build a context with uncommitted changes, tagged <sha>-dirty-<UTC time> (unique: ECR's tags are immutable)
+    #[arg(long)]
+    pub allow_dirty: bool,
 
     /// Pass a build argument to `docker build` (repeatable), e.g. --build-arg RUST_IMAGE=registry.local/rust:1.95.0-slim-bookworm for base images from a mirror
     #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_var)]
@@ -155,28 +163,49 @@ pub struct ImageArgs {
     #[arg(long, value_name = "HOST[:PORT]")]
     pub registry: Option<String>,
 
-    /// Deploy the immutable tag by applying Terraform with backend_container_image=<repo>:<tag> instead of forcing a new deployment of `latest`
-    #[arg(long)]
-    pub immutable: bool,
-
     #[command(flatten)]
     pub rollout: RolloutArgs,
 }
 
-/// `image` alone: the image options, plus what `--immutable`'s Terraform
-/// apply needs (`all` takes these from its `infra` options instead).
+/// `image` alone: the image options, plus what the Terraform apply that
+/// deploys the release needs (`all` takes these from its `infra` options).
 #[derive(Args, Debug, Clone, Default)]
 pub struct ImageCmd {
     #[command(flatten)]
     pub image: ImageArgs,
 
-    /// With --immutable: Terraform variables for the apply; pass the same ones as to `infra` (e.g. --var enable_alb=true), or Terraform reverts them
+    /// Terraform variables for the apply that deploys the release; pass the same ones as to `infra` (e.g. --var enable_alb=true), or Terraform reverts them
     #[command(flatten)]
     pub tf: TfArgs,
 
-    /// With --immutable: apply without asking for confirmation
+    /// Apply without asking for confirmation
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HistoryArgs {
+    /// How many releases to list (Parameter Store keeps the newest 100 versions)
+    #[arg(long, short = 'n', default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=100), value_name = "N")]
+    pub limit: u16,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RollbackArgs {
+    /// The release to put live: its tag or digest (sha256:…) as `history` lists it [default: the newest good release before the live one]
+    #[arg(long, value_name = "TAG|DIGEST")]
+    pub to: Option<String>,
+
+    /// Terraform variables for the apply; pass the same ones as to `infra`
+    #[command(flatten)]
+    pub tf: TfArgs,
+
+    /// Apply without asking for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -265,6 +294,7 @@ impl InfraArgs {
             yes: self.yes,
             refresh_only: self.refresh_only,
             adopt: self.adopt,
+            release: false,
         }
     }
 }
@@ -278,8 +308,8 @@ impl ImageArgs {
                 tag: self.tag.clone(),
                 build_args: self.build_args.clone(),
                 registry: self.registry.clone(),
+                allow_dirty: self.allow_dirty,
             },
-            immutable: self.immutable,
             rollout: crate::rollout::Options { timeout: self.rollout.timeout, no_wait: self.rollout.no_wait },
             infra,
         }
@@ -290,6 +320,16 @@ impl ImageCmd {
     pub fn options(&self) -> crate::image::Options {
         let infra = crate::infra::Options { vars: self.tf.vars(), yes: self.yes, ..Default::default() };
         self.image.options(infra)
+    }
+}
+
+impl RollbackArgs {
+    pub fn options(&self) -> crate::rollback::Options {
+        crate::rollback::Options {
+            to: self.to.clone(),
+            rollout: crate::rollout::Options { timeout: self.rollout.timeout, no_wait: self.rollout.no_wait },
+            infra: crate::infra::Options { vars: self.tf.vars(), yes: self.yes, ..Default::default() },
+        }
     }
 }
 

@@ -30,20 +30,14 @@ pub struct Image {
     pub registry: String,
     /// `<registry>/<repository name>`.
     pub repository: String,
+    /// The tag is a clean commit's sha (the same tag is the same source).
+    pub from_git: bool,
 }
 
 impl Image {
     /// `<repository>:<tag>`, the immutable reference.
     pub fn immutable_ref(&self) -> String {
         format!("{}:{}", self.repository, self.tag)
-    }
-
-    pub fn latest_ref(&self) -> String {
-        format!("{}:latest", self.repository)
-    }
-
-    pub fn refs(&self) -> [String; 2] {
-        [self.immutable_ref(), self.latest_ref()]
     }
 }
 
@@ -82,16 +76,16 @@ pub fn check() -> Result<String, Problem> {
     ))
 }
 
-/// `docker build --platform linux/amd64`, tagged with both tags. `quiet`
+/// `docker build --platform linux/amd64`, tagged with the immutable tag. `quiet`
 /// captures the output instead of streaming it (for a build that runs
 /// alongside terraform); it is shown when the build fails.
 pub fn build(image: &Image, quiet: bool) -> Result<()> {
-    let [immutable, latest] = image.refs();
-    say!("==> docker build {} (tags {} and latest)", image.context.display(), image.tag);
+    let immutable = image.immutable_ref();
+    say!("==> docker build {} (tag {})", image.context.display(), image.tag);
     let mut cmd = Command::new("docker")
         .args(["build", "--platform", "linux/amd64", "-f"])
         .arg(image.dockerfile.display().to_string())
-        .args(["-t", &immutable, "-t", &latest])
+        .args(["-t", &immutable])
         .args(image.build_args.iter().flat_map(|(k, v)| ["--build-arg".to_owned(), format!("{k}={v}")]))
         .arg(image.context.display().to_string());
     if quiet {
@@ -119,33 +113,34 @@ pub fn build(image: &Image, quiet: bool) -> Result<()> {
     bail!("step `docker build` failed ({}):\n{}\n{hint}", crate::process::describe_exit(out.code), out.tail(8))
 }
 
-/// Give `to` the tags of the already built `from` (same source, another
+/// Give `to` the tag of the already built `from` (same source, another
 /// repository: the stack's repository URL changed under a parallel build).
 pub fn retag(from: &Image, to: &Image) -> Result<()> {
-    for (old, new) in from.refs().iter().zip(to.refs()) {
-        Command::new("docker").args(["tag", old, &new]).quiet().run_ok().context("step `docker tag`")?;
-    }
+    Command::new("docker")
+        .args(["tag", &from.immutable_ref(), &to.immutable_ref()])
+        .quiet()
+        .run_ok()
+        .context("step `docker tag`")?;
     Ok(())
 }
 
-/// `docker login` with `user`/`password`, push of both tags; the pushed digest.
+/// `docker login` with `user`/`password`, push of the tag; the pushed digest.
+/// No `latest`: the repository's tags are immutable, and the release is
+/// deployed by digest.
 pub fn push(image: &Image, user: &str, password: &str) -> Result<String> {
     let config = DockerConfig::create()?;
     login(&config, image, user, password)?;
-    let mut digest = None;
-    for reference in image.refs() {
-        say!("==> docker push {reference}");
-        let out = Command::new("docker").arg("--config").arg(config.arg()).args(["push", &reference]).run()?;
-        if !out.success() {
-            return Err(push_error(image, &reference, &out));
-        }
-        digest = parse_push_digest(&out.stdout).or(digest);
+    let reference = image.immutable_ref();
+    say!("==> docker push {reference}");
+    let out = Command::new("docker").arg("--config").arg(config.arg()).args(["push", &reference]).run()?;
+    if !out.success() {
+        return Err(push_error(image, &reference, &out));
     }
-    let digest = match digest {
+    let digest = match parse_push_digest(&out.stdout) {
         Some(d) => d,
         None => inspect_digest(image)?,
     };
-    say!("pushed {} and latest: {digest}", image.immutable_ref());
+    say!("pushed {reference}: {digest}");
     Ok(digest)
 }
 
@@ -193,7 +188,7 @@ fn push_error(image: &Image, reference: &str, out: &Output) -> anyhow::Error {
     } else if text.contains("denied") || text.contains("unauthorized") {
         "the registry refused the upload: the admin needs ecr:InitiateLayerUpload, ecr:UploadLayerPart, ecr:CompleteLayerUpload, ecr:PutImage and ecr:BatchCheckLayerAvailability on the repository".to_owned()
     } else if text.contains("tag invalid") || text.contains("immutable") {
-        format!("the tag {} already exists and the repository's tags are immutable: choose another --tag", image.tag)
+        format!("the tag {} already exists and the repository's tags are immutable (ECR ImageTagAlreadyExistsException): deploy it with `casey-deploy rollback --to {}`, or build another commit", image.tag, image.tag)
     } else {
         "check that the registry is reachable and retry".to_owned()
     };

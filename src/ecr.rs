@@ -96,3 +96,25 @@ pub async fn login_credentials(ecr: &Client, region: &str) -> Result<(String, St
     redact::register(password);
     Ok((user.to_owned(), password.to_owned()))
 }
+
+/// Every image digest in repository `name` (ListImages, every page); empty
+/// when the repository does not exist.
+pub async fn digests(ecr: &Client, name: &str) -> Result<std::collections::HashSet<String>> {
+    use aws_sdk_ecr::operation::list_images::ListImagesError;
+    let mut digests = std::collections::HashSet::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = match ecr.list_images().repository_name(name).set_next_token(token.take()).send().await {
+            Ok(out) => out,
+            Err(err) if matches!(err.as_service_error(), Some(ListImagesError::RepositoryNotFoundException(_))) => {
+                return Ok(digests)
+            }
+            Err(err) => return Err(anyhow!("ECR ListImages of {name} failed: {}", crate::aws::error_text(&err))),
+        };
+        digests.extend(out.image_ids().iter().filter_map(|id| id.image_digest()).map(str::to_owned));
+        match out.next_token() {
+            Some(next) if !next.is_empty() => token = Some(next.to_owned()),
+            _ => return Ok(digests),
+        }
+    }
+}

@@ -1,88 +1,154 @@
 //! `casey-deploy image`: publish the backend image (build, push: see
-//! `publish.rs`), then roll the ECS service out to it (the seed's steps 2–4).
+//! `publish.rs`), then deploy it as a release: recorded by digest where the
+//! task definition takes its image from (`release.rs`), applied with
+//! Terraform, and followed to its end. `rollback` deploys a release the
+//! same way.
 
 use anyhow::{bail, Result};
 
 use crate::context::Ctx;
 use crate::docker::Image;
 use crate::infra;
-use crate::outputs::Outputs;
+use crate::outputs::{self, Outputs};
 use crate::publish::Pushed;
+use crate::release::{self, Record};
 use crate::rollout;
-use crate::say;
+use crate::{say, warn};
 
 /// What `image` is asked to do.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub publish: crate::publish::Options,
-    /// Pin the service to the immutable tag with a Terraform apply.
-    pub immutable: bool,
     pub rollout: rollout::Options,
-    /// For the applies the deploy may need (`--immutable`, creating the service).
+    /// For the apply that deploys the release (and creates the service).
     pub infra: infra::Options,
 }
 
-/// `casey-deploy image`: publish (build, push), then roll out.
+/// `casey-deploy image`: publish (build, push), then deploy the release.
 pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
-    if args.immutable && ctx.push_registry().is_some() {
-        bail!("--immutable needs the stack's own ECR repository, and this target pushes to its registry: deploy without --immutable");
-    }
     let (image, pushed) = crate::publish::publish(ctx, &args.publish)?;
-    deploy(ctx, args, &image)?;
-    summarise(&image, &pushed);
+    let record = new_release(ctx, &image, &pushed)?;
+    deploy(ctx, &args.infra, &args.rollout, record)?;
+    crate::output::summary(pushed.to_json(&image));
     Ok(())
 }
 
-/// The `--json` summary of a deploy of `image`.
-fn summarise(image: &Image, pushed: &Pushed) {
-    crate::output::summary(pushed.to_json(image));
+/// The release of a pushed image: by digest, in the repository the tasks
+/// pull from. A push to the target's own registry (the sandbox's, behind its
+/// ECR) is deployed from the ECR repository, as against AWS.
+pub fn new_release(ctx: &Ctx, image: &Image, pushed: &Pushed) -> Result<Record> {
+    let repository = if ctx.push_registry().as_deref() == Some(image.registry.as_str()) {
+        ctx.repository()?.url
+    } else {
+        image.repository.clone()
+    };
+    Ok(Record::new(
+        format!("{repository}@{}", pushed.digest),
+        image.tag.clone(),
+        pushed.digest.clone(),
+        "deploy",
+        &ctx.identity.arn,
+    ))
 }
 
-/// Roll the service out to the pushed image: a forced new deployment of
-/// `latest`, or with `--immutable` a Terraform apply that pins the immutable
-/// tag. When the first apply left the service out (no image yet), the apply
-/// that creates it, then its first deployment. Returns the stack's outputs,
-/// which exist completely from here on.
-pub fn deploy(ctx: &Ctx, args: &Options, image: &Image) -> Result<Outputs> {
+/// Deploy `record`: write it to the release record, apply (the task
+/// definition takes its image from there; the first deploy also creates the
+/// service), and follow the deployment the apply started. When the
+/// deployment fails and ECS rolls the service back, the rollback is recorded
+/// and applied too, so that Terraform, the record and ECS agree again.
+/// Returns the stack's outputs, which exist completely from here on.
+pub fn deploy(ctx: &Ctx, infra_args: &infra::Options, args: &rollout::Options, mut record: Record) -> Result<Outputs> {
+    let infra_args = &infra::Options { release: true, ..infra_args.clone() };
+    let tf = ctx.terraform(&crate::terraform::Vars::default());
+    let map = outputs::load_map(&tf)?;
+    let parameter = release::parameter(&map)?;
+    let region = map.get("aws_region").and_then(|v| v.as_str()).map_or_else(|| ctx.region(), str::to_owned);
     let created = !service_exists(ctx)?;
-    if !args.immutable && !created {
-        let outputs = ctx.outputs()?;
-        rollout::force_new_deployment(ctx, &outputs, &args.rollout)?;
-        return Ok(outputs);
+    let before = if created { None } else { rollout::live(ctx, &Outputs::from_map(&map)?)? };
+    if let Some(live) = &before {
+        record.previous_outcome = live.rollout_state.clone();
+        record.previous_task_definition = Some(live.task_definition.clone());
+        record.previous_image = live.image.clone();
     }
-    let before = if created { None } else { rollout::primary_deployment(ctx, &ctx.outputs()?)? };
-    let mut infra_args = args.infra.clone();
-    if args.immutable {
-        let vars = &mut infra_args.vars.vars;
-        vars.retain(|(k, _)| k != "backend_container_image");
-        vars.push(("backend_container_image".to_owned(), image.immutable_ref()));
-        say!("==> --immutable: applying Terraform with backend_container_image={}", image.immutable_ref());
-    } else {
+    let previous = release::current(ctx, &region, &parameter)?;
+    let version = release::put(ctx, &region, &parameter, &record)?;
+    say!("==> recorded release v{version} in {parameter}: {} ({})", record.image, record.tag);
+    crate::output::event(
+        "release",
+        serde_json::json!({"version": version, "image": record.image, "tag": record.tag, "digest": record.digest, "action": record.action}),
+    );
+    if created {
         say!("==> the image is in ECR now: applying Terraform to create the ECS service");
+    } else {
+        say!("==> applying Terraform: the task definition takes the release's image");
     }
-    let outcome = infra::run(ctx, &infra_args)?;
+    let outcome = infra::run(ctx, infra_args)?;
     if let infra::Outcome::WaitingForImage(missing) = outcome {
         bail!(
-            "the service still waits for {missing}, but {} was pushed: push to the stack's ECR repository (without --registry), or set backend_container_image to the pushed image",
-            image.immutable_ref()
+            "the service still waits for {missing}, but {} was recorded: check that the image is in the stack's ECR repository (`aws ecr describe-images`), then run `casey-deploy infra`",
+            record.image
         );
     }
-    let outputs = ctx.outputs()?;
-    if outcome == infra::Outcome::NoChanges {
-        say!("The service already runs {}: nothing to roll out.", image.immutable_ref());
+    let outputs = Outputs::from_map(&outputs::load_map(&tf)?)?;
+    let started = rollout::primary_deployment(ctx, &outputs)?;
+    let id = match started {
+        Some(id) if Some(&id) != before.as_ref().map(|l| &l.deployment) => id,
+        _ => {
+            say!("The service already runs {}: nothing to roll out.", record.image);
+            return Ok(outputs);
+        }
+    };
+    if args.no_wait {
+        say!("--no-wait: ECS deployment {id} started; not following it (`casey-deploy status` shows it)");
         return Ok(outputs);
     }
-    match rollout::primary_deployment(ctx, &outputs)? {
-        Some(id) if Some(&id) != before.as_ref() => {
-            if args.rollout.no_wait {
-                say!("--no-wait: ECS deployment {id} started; not following it");
-                return Ok(outputs);
-            }
-            rollout::follow(ctx, &outputs, &id, &args.rollout)?;
-        }
-        _ => say!("The apply started no new ECS deployment (the task definition did not change)."),
+    let Err(failure) = rollout::follow(ctx, &outputs, &id, args) else { return Ok(outputs) };
+    if failure.downcast_ref::<crate::process::Interrupted>().is_some() {
+        warn!(
+            "the ECS deployment {id} keeps running without being followed: `casey-deploy status` shows it, `casey-deploy rollback` puts the release before v{version} back"
+        );
+        return Err(failure);
     }
-    Ok(outputs)
+    // ECS's circuit breaker put the previous task definition back: record
+    // what runs, and make Terraform's task definition agree with it.
+    let now = rollout::live(ctx, &outputs).unwrap_or(None).filter(|l| l.image.as_ref() != Some(&record.image));
+    let (Some(now), Some(previous)) = (now, previous.filter(|p| p.record.is_release())) else {
+        return Err(failure.context(format!(
+            "release v{version} ({}) did not roll out: `casey-deploy rollback` puts the previous release back",
+            record.tag
+        )));
+    };
+    let image = now.image.clone().unwrap_or_default();
+    let mut back = if image == previous.record.image {
+        previous.record.again(&ctx.identity.arn)
+    } else {
+        let digest = image.split_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+        Record::new(image, String::new(), digest, "rollback", &ctx.identity.arn)
+    };
+    back.from = Some(version);
+    back.reason = Some("failed".into());
+    back.previous_outcome = Some("failed".into());
+    back.previous_task_definition = None;
+    back.previous_image = Some(record.image.clone());
+    let back_version = release::put(ctx, &region, &parameter, &back)?;
+    say!(
+        "==> ECS rolled the service back to {}: recorded as release v{back_version}; applying so Terraform's task definition agrees",
+        back.image
+    );
+    match infra::run(ctx, infra_args) {
+        Ok(_) => {
+            if let Some(id) = rollout::primary_deployment(ctx, &outputs)?.filter(|id| *id != now.deployment) {
+                if let Err(e) = rollout::follow(ctx, &outputs, &id, args) {
+                    warn!("the deployment of the recorded rollback did not complete: {e:#}");
+                }
+            }
+        }
+        Err(e) => warn!("the apply after the rollback failed ({e:#}); `casey-deploy infra` applies it"),
+    }
+    Err(failure.context(format!(
+        "release v{version} ({}) failed and ECS rolled back to the release before it: `casey-deploy history` shows both, `casey-deploy logs --since 15m` the failed tasks' output",
+        record.tag
+    )))
 }
 
 /// Whether the stack's ECS service exists (is in the Terraform state).

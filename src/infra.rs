@@ -38,6 +38,7 @@ use crate::{prompt, say};
 const ADMIN_TARGETS: &[&str] = &["aws_iam_policy.terraform_admin", "aws_iam_user_policy_attachment.terraform_admin"];
 /// The ECS service, and what would start tasks for it at once.
 pub const SERVICE: &str = "aws_ecs_service.backend";
+const TASK_DEFINITION: &str = "aws_ecs_task_definition.backend";
 const NEEDS_IMAGE: &[&str] = &[SERVICE, "aws_appautoscaling_target.ecs", "aws_appautoscaling_policy.cpu"];
 /// How long IAM may take to grant new policies before the tool gives up.
 const IAM_WAIT: Duration = Duration::from_secs(120);
@@ -79,6 +80,9 @@ pub struct Options {
     pub refresh_only: bool,
     /// Import what already exists when an apply fails on it.
     pub adopt: bool,
+    /// The apply deploys a release: a plan that changes nothing but what a
+    /// release changes is applied without asking (anything else is asked).
+    pub release: bool,
 }
 
 /// `casey-deploy infra`: [`run`], then its summary.
@@ -255,7 +259,7 @@ fn bootstrap_admin(ctx: &Ctx, tf: &Terraform, args: &Options) -> Result<()> {
     }
     let summary = Summary::of(&tf.show_json(&plan_file)?);
     summary.show("admin");
-    confirm(&summary, args.yes)?;
+    confirm(&summary, args)?;
     say!("==> terraform apply (the admin's policies)");
     tf.apply(&plan_file)?;
     crate::output::event("applied", serde_json::json!({"stage": "admin"}));
@@ -313,7 +317,7 @@ fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &Options) -> Result<Outcome> 
     }
     let summary = Summary::of(&json);
     summary.show("all");
-    confirm(&summary, args.yes)?;
+    confirm(&summary, args)?;
     say!("==> terraform apply (the saved plan)");
     tf.apply(&plan_file)?;
     crate::output::event("applied", serde_json::json!({"stage": "all"}));
@@ -332,7 +336,10 @@ fn missing_image(ctx: &Ctx, plan: &Value) -> Result<Option<String>> {
     }
     let var = |name: &str| plan["variables"][name]["value"].as_str().filter(|v| !v.is_empty()).map(str::to_owned);
     let region = var("aws_region").unwrap_or_else(|| ctx.region());
-    let (name, reference) = match var("backend_container_image") {
+    // The image the planned task definition names (the release record's,
+    // or a pinned backend_container_image); unknown before the repository exists.
+    let planned = planned_image(plan).or_else(|| var("backend_container_image"));
+    let (name, reference) = match planned {
         None => (var("ecr_repository_name").unwrap_or_else(|| "casey-backend".to_owned()), "latest".to_owned()),
         Some(image) => match ecr_image(&image) {
             Some(parts) => parts,
@@ -344,6 +351,14 @@ fn missing_image(ctx: &Ctx, plan: &Value) -> Result<Option<String>> {
     }
     let sep = if reference.starts_with("sha256:") { '@' } else { ':' };
     Ok(Some(format!("{name}{sep}{reference}")))
+}
+
+/// The service container's image in the planned task definition, when the
+/// plan knows it.
+fn planned_image(plan: &Value) -> Option<String> {
+    let change = plan["resource_changes"].as_array()?.iter().find(|rc| rc["address"] == TASK_DEFINITION)?;
+    let definitions: Value = serde_json::from_str(change["change"]["after"]["container_definitions"].as_str()?).ok()?;
+    definitions.as_array()?.first()?["image"].as_str().map(str::to_owned)
 }
 
 /// `<acct>.dkr.ecr.<region>.amazonaws.com/<name>(:tag|@digest)` → (name, tag or digest).
@@ -370,7 +385,7 @@ fn apply_without_service(tf: &Terraform, args: &Options, plan: &Value, image: St
         if tf.plan_targets(&plan_file, PlanMode::Normal, &targets)? == Plan::Changes {
             let summary = Summary::of(&tf.show_json(&plan_file)?);
             summary.show("without_service");
-            confirm(&summary, args.yes)?;
+            confirm(&summary, args)?;
             say!("==> terraform apply (the saved plan)");
             tf.apply(&plan_file)?;
             crate::output::event("applied", serde_json::json!({"stage": "without_service"}));
@@ -467,6 +482,17 @@ impl Summary {
         s
     }
 
+    /// Nothing but a release's changes: the task definition replaced with
+    /// the new image, the service updated to it (on the first deploy the
+    /// service and its auto scaling created).
+    pub fn only_release(&self) -> bool {
+        let release = |a: &String| a == TASK_DEFINITION || NEEDS_IMAGE.contains(&a.as_str());
+        self.destroyed.is_empty()
+            && self.replaced.iter().all(|a| a == TASK_DEFINITION)
+            && self.updated.iter().all(|a| a == TASK_DEFINITION || a == SERVICE)
+            && self.created.iter().all(release)
+    }
+
     fn risky(&self) -> bool {
         !self.replaced.is_empty() || !self.destroyed.is_empty()
     }
@@ -518,8 +544,12 @@ impl std::fmt::Display for Summary {
     }
 }
 
-fn confirm(summary: &Summary, yes: bool) -> Result<()> {
-    if yes {
+fn confirm(summary: &Summary, args: &Options) -> Result<()> {
+    if args.yes {
+        return Ok(());
+    }
+    if args.release && summary.only_release() {
+        say!("(the plan changes only what the release changes: applying it)");
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
@@ -538,6 +568,22 @@ fn confirm(summary: &Summary, yes: bool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_release_plan_is_applied_without_asking() {
+        let release = Summary {
+            replaced: vec![TASK_DEFINITION.into()],
+            updated: vec![SERVICE.into()],
+            ..Summary::default()
+        };
+        assert!(release.only_release());
+        let first = Summary { created: NEEDS_IMAGE.iter().map(|a| (*a).to_owned()).collect(), ..Summary::default() };
+        assert!(first.only_release());
+        let more = Summary { updated: vec![SERVICE.into(), "aws_security_group.ecs_tasks".into()], ..Summary::default() };
+        assert!(!more.only_release());
+        let destroys = Summary { destroyed: vec![TASK_DEFINITION.into()], ..Summary::default() };
+        assert!(!destroys.only_release());
+    }
+
     use super::*;
 
     #[test]

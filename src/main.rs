@@ -4,13 +4,14 @@
 //! - Face: `main`, `cli` (clap, turned into each step's plain `Options`),
 //!   `all` (composes the steps), `doctor` (lists the modules' own checks).
 //! - Steps, one per verb: `infra`, `import`, `image` (+ `publish`, the one
-//!   build → push → digest path), `rollout`, `url`, `status`, `logs`.
+//!   build → push → digest path), `rollout`, `rollback`, `history`, `url`,
+//!   `status`, `logs`.
 //! - Target: `context` (`Ctx`: the project, the checked caller, SDK clients,
 //!   and what the target provides — registry, task runner, auto-approve),
 //!   `env`, `identity`, `sandbox` (provides the local target; runs no step).
 //! - Ground: `process` (children, signals), `output` (the one output layer),
 //!   `redact`, `check` (typed problems), `terraform`, `outputs`, `aws`, `ecr`,
-//!   `docker`.
+//!   `release` (the release record in SSM), `docker`.
 
 mod all;
 mod aws;
@@ -21,6 +22,7 @@ mod docker;
 mod doctor;
 mod ecr;
 mod env;
+mod history;
 mod identity;
 mod image;
 mod import;
@@ -31,6 +33,8 @@ mod outputs;
 mod process;
 mod publish;
 mod redact;
+mod release;
+mod rollback;
 mod rollout;
 mod sandbox;
 mod status;
@@ -48,7 +52,9 @@ fn main() -> ExitCode {
     output::install_panic_hook();
     let cli = Cli::parse();
     let shape = match cli.command {
-        Verb::All(_) | Verb::Infra(_) | Verb::Import(_) | Verb::Image(_) | Verb::Logs(_) => output::Shape::Events,
+        Verb::All(_) | Verb::Infra(_) | Verb::Import(_) | Verb::Image(_) | Verb::Rollback(_) | Verb::Logs(_) => {
+            output::Shape::Events
+        }
         _ => output::Shape::Document,
     };
     let mode = output::Mode { quiet: cli.global.quiet, verbose: cli.global.verbose, json: cli.global.json };
@@ -95,6 +101,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Image(args) => image::run(&ctx, &args.options()),
         Verb::BackendUrl(args) => url::run(&ctx, &args.options()),
         Verb::Status => status::run(&ctx),
+        Verb::History(args) => history::run(&ctx, usize::from(args.limit)),
+        Verb::Rollback(args) => rollback::run(&ctx, &args.options()),
         Verb::Logs(args) => logs::run(&ctx, &args.options()),
         Verb::All(args) => all::run(&ctx, args),
     }

@@ -36,6 +36,8 @@ pub struct Outputs {
     pub aws_region: String,
     pub container_name: String,
     pub container_port: u16,
+    /// The release record (`None` when backend_container_image pins the image).
+    pub release_parameter_name: Option<String>,
 }
 
 const NOT_APPLIED: &str = "the stack has not been applied: run `casey-deploy infra` first";
@@ -85,6 +87,7 @@ impl Outputs {
             recommended_ws_url: nullable("recommended_ws_url"),
             aws_region,
             container_name,
+            release_parameter_name: nullable("release_parameter_name"),
         };
         if !outputs.ecr_repository_url.contains('/') {
             bail!(

@@ -32,6 +32,8 @@ pub struct Options {
     pub build_args: Vec<(String, String)>,
     /// Push here instead of the ECR host.
     pub registry: Option<String>,
+    /// Build a context with uncommitted changes (a unique `-dirty-` tag).
+    pub allow_dirty: bool,
 }
 
 /// How the image is built, decided before anything slow runs.
@@ -98,8 +100,31 @@ pub fn build(ctx: &Ctx, method: &Method, image: Image, quiet: bool) -> Result<Bu
     Ok(Built::Binary { image, binary })
 }
 
-/// Push what was built; the digest ECR holds it under.
+/// Push what was built; the digest ECR holds it under. ECR's tags are
+/// immutable: a tag already there is not pushed again. The same git commit
+/// is the same release (its digest is deployed); any other tag is refused,
+/// as ECR would refuse the push.
 pub fn push(ctx: &Ctx, built: &Built, repo: &Repository) -> Result<Pushed> {
+    let image = built.image();
+    let ecr = ctx.ecr(&repo.region);
+    if let Some(digest) = ctx.block_on(crate::ecr::digest_of(&ecr, repo.name(), &image.tag))? {
+        if !image.from_git {
+            bail!(
+                "the tag {} is already in ECR repository {} (digest {digest}) and the repository's tags are immutable (ECR refuses the push with ImageTagAlreadyExistsException): deploy that image with `casey-deploy rollback --to {}`, or choose another --tag",
+                image.tag,
+                repo.name(),
+                image.tag
+            );
+        }
+        say!("==> {} is already in ECR ({digest}): the same commit, not pushed again", image.immutable_ref());
+        match built {
+            Built::Docker(image) => ctx.images_pushed_to(&image.registry)?,
+            Built::Binary { binary, .. } => ctx.run_tasks_as_processes(binary)?,
+        }
+        let pushed = Pushed { digest };
+        print_pushed(image, &pushed);
+        return Ok(pushed);
+    }
     let pushed = match built {
         Built::Docker(image) => {
             let (user, password) = ctx.block_on(crate::ecr::login_credentials(&ctx.ecr(&repo.region), &repo.region))?;
@@ -183,15 +208,12 @@ fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, binary: &Pat
         "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": bytes.len(), "digest": layer}],
     })
     .to_string();
-    let mut digest = String::new();
-    for tag in [image.tag.as_str(), "latest"] {
-        digest = ctx.block_on(crate::ecr::put_manifest(&ctx.ecr(&repo.region), repo.name(), &manifest, tag))?;
-    }
+    let digest = ctx.block_on(crate::ecr::put_manifest(&ctx.ecr(&repo.region), repo.name(), &manifest, &image.tag))?;
     say!("==> recorded {} (the cargo-built backend) in ECR: {digest}", image.immutable_ref());
     Ok(Pushed { digest })
 }
 
-/// The digest both tags were pushed with.
+/// The digest the tag was pushed with.
 #[derive(Debug, Clone)]
 pub struct Pushed {
     pub digest: String,
@@ -212,14 +234,14 @@ impl Pushed {
 
 /// The image of `source` in the stack's repository (or `--registry`'s).
 pub fn image_of(source: Source, args: &Options, repo: &Repository) -> Image {
-    let Source { context, dockerfile, tag } = source;
+    let Source { context, dockerfile, tag, from_git } = source;
     let build_args = args.build_args.clone();
     let registry = match &args.registry {
         Some(r) => r.trim_end_matches('/').trim_start_matches("https://").trim_start_matches("http://").to_owned(),
         None => repo.registry().to_owned(),
     };
     let repository = format!("{registry}/{}", repo.name());
-    Image { context, dockerfile, build_args, tag, registry, repository }
+    Image { context, dockerfile, build_args, tag, registry, repository, from_git }
 }
 
 /// What is built: context, Dockerfile and immutable tag. Resolved before
@@ -229,6 +251,8 @@ pub struct Source {
     pub context: PathBuf,
     pub dockerfile: PathBuf,
     pub tag: String,
+    /// The tag is the clean commit's sha: the same tag is the same source.
+    pub from_git: bool,
 }
 
 impl Source {
@@ -247,20 +271,28 @@ impl Source {
         if !dockerfile.is_file() {
             bail!("there is no Dockerfile at {}; pass it with --dockerfile FILE", dockerfile.display());
         }
-        let tag = match &args.tag {
+        let (tag, from_git) = match &args.tag {
             Some(tag) => {
                 check_tag(tag)?;
-                tag.clone()
+                (tag.clone(), false)
             }
-            None => git_tag(&context, &dockerfile)?,
+            None => match git_tag(&context, &dockerfile)? {
+                (sha, false) => (sha, true),
+                (sha, true) if args.allow_dirty => {
+                    let tag = format!("{sha}-dirty-{}", utc_stamp());
+                    crate::warn!(
+                        "{} has uncommitted changes: building them as {tag} (--allow-dirty); that tag names this build only",
+                        context.display()
+                    );
+                    (tag, false)
+                }
+                (sha, true) => bail!(
+                    "{} has uncommitted changes, so its commit {sha} does not describe what would be built, and ECR's tags are immutable: commit them, or pass --allow-dirty to deploy them under a one-off tag {sha}-dirty-<time>",
+                    context.display()
+                ),
+            },
         };
-        if tag.ends_with("-dirty") && args.tag.is_none() {
-            crate::warn!(
-                "{} has uncommitted changes, so the tag {tag} is not reproducible (another build may push other content under it); commit first, or pass --tag",
-                context.display()
-            );
-        }
-        Ok(Source { context, dockerfile, tag })
+        Ok(Source { context, dockerfile, tag, from_git })
     }
 }
 
@@ -273,14 +305,26 @@ fn check_tag(tag: &str) -> Result<()> {
         bail!("`{tag}` is not a valid image tag: letters, digits, `_`, `.` and `-`, at most 128, not starting with `.` or `-`");
     }
     if tag == "latest" {
-        bail!("--tag latest is not an immutable tag: `latest` is always pushed too; choose another tag");
+        bail!("--tag latest is not an immutable tag (releases are deployed by digest and `latest` would name a different image each time): choose another tag");
     }
     Ok(())
 }
 
-/// The git short sha of the context's commit, `-dirty` when the context or
+/// `20261202T193000Z`: now, in UTC, as tag characters.
+fn utc_stamp() -> String {
+    let now = aws_sdk_ssm::primitives::DateTime::from(std::time::SystemTime::now());
+    let text = now.fmt(aws_sdk_ssm::primitives::DateTimeFormat::DateTime).unwrap_or_default();
+    let whole_seconds = text.split('.').next().unwrap_or_default();
+    let mut stamp: String = whole_seconds.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    if !stamp.ends_with('Z') {
+        stamp.push('Z');
+    }
+    stamp
+}
+
+/// The git short sha of the context's commit, and whether the context or
 /// the Dockerfile has uncommitted changes (untracked files included).
-fn git_tag(context: &Path, dockerfile: &Path) -> Result<String> {
+fn git_tag(context: &Path, dockerfile: &Path) -> Result<(String, bool)> {
     let dir = context.display().to_string();
     let no_git = |detail: &str| {
         anyhow!("cannot derive the image tag from git in {dir} ({detail}); pass an immutable tag with --tag TAG")
@@ -301,8 +345,7 @@ fn git_tag(context: &Path, dockerfile: &Path) -> Result<String> {
     if !status.success() {
         return Err(no_git(&status.tail(1)));
     }
-    let sha = sha.stdout.trim();
-    Ok(if status.stdout.trim().is_empty() { sha.to_owned() } else { format!("{sha}-dirty") })
+    Ok((sha.stdout.trim().to_owned(), !status.stdout.trim().is_empty()))
 }
 
 #[cfg(test)]

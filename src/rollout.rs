@@ -34,37 +34,45 @@ pub fn client(ctx: &Ctx, outputs: &Outputs) -> aws_sdk_ecs::Client {
     aws_sdk_ecs::Client::from_conf(config)
 }
 
-/// `UpdateService --force-new-deployment` (the seed's step 4), then follow
-/// the deployment it created unless `--no-wait`.
-pub fn force_new_deployment(ctx: &Ctx, outputs: &Outputs, args: &Options) -> Result<()> {
+/// What the service runs: its PRIMARY deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub deployment: String,
+    pub task_definition: String,
+    /// The service container's image in that task definition.
+    pub image: Option<String>,
+    /// `completed`, `in_progress`, `failed` (ECS's rollout state, lowercase).
+    pub rollout_state: Option<String>,
+}
+
+/// The service's PRIMARY deployment and its image; None without a service.
+pub fn live(ctx: &Ctx, outputs: &Outputs) -> Result<Option<Live>> {
     let ecs = client(ctx, outputs);
-    let (cluster, service) = (&outputs.ecs_cluster_name, &outputs.ecs_service_name);
-    say!("==> ECS: forcing a new deployment of service {service} (cluster {cluster})");
+    let Some(service) = describe(ctx, &ecs, outputs)? else { return Ok(None) };
+    let Some(d) = service.deployments().iter().find(|d| d.status() == Some("PRIMARY")) else { return Ok(None) };
+    let task_definition = d.task_definition().unwrap_or_default().to_owned();
+    let image = if task_definition.is_empty() { None } else { image_of(ctx, &ecs, outputs, &task_definition)? };
+    Ok(Some(Live {
+        deployment: d.id().unwrap_or_default().to_owned(),
+        task_definition,
+        image,
+        rollout_state: d.rollout_state().map(|s| s.as_str().to_lowercase()),
+    }))
+}
+
+/// The container image of the service's container in task definition `arn`.
+pub fn image_of(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs, arn: &str) -> Result<Option<String>> {
     let out = ctx
-        .block_on(ecs.update_service().cluster(cluster).service(service).force_new_deployment(true).send())
-        .map_err(|e| {
-            use aws_sdk_ecs::operation::update_service::UpdateServiceError as E;
-            let text = crate::aws::error_text(&e);
-            let hint = match e.as_service_error() {
-                Some(
-                    E::ServiceNotFoundException(_) | E::ServiceNotActiveException(_) | E::ClusterNotFoundException(_),
-                ) => "; the service or cluster does not exist: run `casey-deploy infra` first",
-                Some(E::AccessDeniedException(_)) => "; the admin needs ecs:UpdateService on the service",
-                _ => "",
-            };
-            anyhow!("step `rollout`: UpdateService of {service} in {cluster} failed: {text}{hint}")
-        })?;
-    let id = out
-        .service()
-        .and_then(primary)
-        .ok_or_else(|| anyhow!("step `rollout`: UpdateService returned no PRIMARY deployment for {service}"))?;
-    say!("ECS deployment {id} started");
-    crate::output::event("deployment", serde_json::json!({"deployment": id, "service": service}));
-    if args.no_wait {
-        say!("--no-wait: not following it; `casey-deploy backend-url --wait 300` waits for a task");
-        return Ok(());
-    }
-    follow(ctx, outputs, &id, args)
+        .block_on(ecs.describe_task_definition().task_definition(arn).send())
+        .map_err(|e| anyhow!("DescribeTaskDefinition of {arn} failed: {}", crate::aws::error_text(&e)))?;
+    let image = out.task_definition().and_then(|td| {
+        td.container_definitions()
+            .iter()
+            .find(|c| c.name() == Some(outputs.container_name.as_str()))
+            .and_then(|c| c.image())
+            .map(str::to_owned)
+    });
+    Ok(image)
 }
 
 /// The id of the service's PRIMARY deployment (None when it has none).

@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         })?;
     let primary = service.deployments().iter().find(|d| d.status() == Some("PRIMARY"));
     let image = match primary.and_then(|d| d.task_definition()) {
-        Some(arn) => image_of(ctx, &ecs, &outputs, arn)?,
+        Some(arn) => rollout::image_of(ctx, &ecs, &outputs, arn)?,
         None => None,
     };
     let (tag, digest) = match &image {
@@ -109,27 +109,19 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The container image of the service's container in task definition `arn`.
-fn image_of(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs, arn: &str) -> Result<Option<String>> {
-    let out = ctx
-        .block_on(ecs.describe_task_definition().task_definition(arn).send())
-        .map_err(|e| anyhow!("DescribeTaskDefinition of {arn} failed: {}", crate::aws::error_text(&e)))?;
-    let image = out.task_definition().and_then(|td| {
-        td.container_definitions()
-            .iter()
-            .find(|c| c.name() == Some(outputs.container_name.as_str()))
-            .and_then(|c| c.image())
-            .map(str::to_owned)
-    });
-    Ok(image)
-}
-
 /// The tag (when the image names one) and the digest the stack's ECR
 /// repository holds it under. The image may name a mirror of the repository
 /// (`image --registry`, the sandbox's registry): its tag is looked up in ECR.
 fn release_of(ctx: &Ctx, outputs: &Outputs, image: &str) -> Result<(Option<String>, Option<String>)> {
     if let Some((_, digest)) = image.split_once('@') {
-        return Ok((None, Some(digest.to_owned())));
+        // Deployed by digest: the release record names its tag.
+        let tag = match &outputs.release_parameter_name {
+            Some(name) => crate::release::current(ctx, &outputs.aws_region, name)?
+                .filter(|v| v.record.image == image && !v.record.tag.is_empty())
+                .map(|v| v.record.tag),
+            None => None,
+        };
+        return Ok((tag, Some(digest.to_owned())));
     }
     let last = image.rsplit('/').next().unwrap_or(image);
     let tag = last.split_once(':').map_or("latest", |(_, tag)| tag).to_owned();

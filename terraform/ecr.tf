@@ -3,9 +3,10 @@
 ################################################################################
 
 resource "aws_ecr_repository" "backend" {
-  #checkov:skip=CKV_AWS_51:The deploy flow pushes and re-pushes the `latest` tag (README); pin immutable tags through var.backend_container_image instead.
-  name                 = var.ecr_repository_name
-  image_tag_mutability = "MUTABLE"
+  name = var.ecr_repository_name
+  # A tag names one image forever: releases are pushed under their git sha
+  # and deployed by digest (release.tf).
+  image_tag_mutability = "IMMUTABLE"
   force_delete         = var.ecr_force_delete
 
   image_scanning_configuration {
@@ -17,11 +18,11 @@ resource "aws_ecr_repository" "backend" {
   }
 }
 
-# Never expires a recent release: every push carries its git sha tag (and
-# the newest also `latest`), so the running deployment's image and the
-# circuit breaker's rollback target stay among the newest tagged images.
-# Untagged images (their tags moved to a newer push) may still be what a
-# deployment resolved, so they get a grace period instead of a count.
+# Never expires a recent release: every push carries its git sha tag, so the
+# running release, the circuit breaker's rollback target and the releases
+# `casey-deploy history` lists (10 by default, the floor of the count) stay
+# among the newest tagged images. Untagged images (pushed by hand, or a tag
+# deleted) get a grace period instead of a count.
 # Rules (a tagged rule needs a tag pattern; "*" matches every tag):
 # https://docs.aws.amazon.com/AmazonECR/latest/userguide/lifecycle_policy_parameters.html
 resource "aws_ecr_lifecycle_policy" "backend" {

@@ -233,6 +233,7 @@ locals {
     aas  = "arn:${local.partition}:application-autoscaling:${local.region}:${local.account_id}"
     cw   = "arn:${local.partition}:cloudwatch:${local.region}:${local.account_id}"
     kms  = "arn:${local.partition}:kms:${local.region}:${local.account_id}"
+    ssm  = "arn:${local.partition}:ssm:${local.region}:${local.account_id}"
     acm  = "arn:${local.partition}:acm:${local.region}:${local.account_id}"
   }
 
@@ -503,6 +504,30 @@ data "aws_iam_policy_document" "terraform_admin_ecs" {
       variable = "kms:ViaService"
       values   = ["ecr.${local.region}.amazonaws.com"]
     }
+  }
+
+  # The release record (release.tf): Terraform creates and reads it,
+  # casey-deploy writes a version per deploy and reads its history.
+  statement {
+    sid = "SsmStackRelease"
+    actions = [
+      "ssm:PutParameter",
+      "ssm:GetParameter",
+      "ssm:GetParameters",
+      "ssm:GetParameterHistory",
+      "ssm:DeleteParameter",
+      "ssm:AddTagsToResource",
+      "ssm:RemoveTagsFromResource",
+      "ssm:ListTagsForResource",
+    ]
+    resources = ["${local.arn_prefix.ssm}:parameter${local.release_parameter_name}"]
+  }
+
+  statement {
+    # DescribeParameters has no resource type (the provider reads the tier with it).
+    sid       = "SsmDescribeParameters"
+    actions   = ["ssm:DescribeParameters"]
+    resources = ["*"]
   }
 
   statement {

@@ -21,12 +21,14 @@ locals {
   task_definition_family = var.ecs_service_name
   # ALB and target group names: 1-32 letters, digits and dashes (checked by
   # var.alb_name's validation and the preconditions in alb.tf).
-  alb_name                 = coalesce(var.alb_name, var.ecs_service_name)
-  target_group_name        = local.alb_name
-  security_group_tasks     = "${var.ecs_service_name}-tasks"
-  security_group_alb       = "${var.ecs_service_name}-alb"
-  ecs_task_execution_arn   = "arn:${local.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
-  backend_image            = coalesce(var.backend_container_image, "${aws_ecr_repository.backend.repository_url}:latest")
+  alb_name               = coalesce(var.alb_name, var.ecs_service_name)
+  target_group_name      = local.alb_name
+  security_group_tasks   = "${var.ecs_service_name}-tasks"
+  security_group_alb     = "${var.ecs_service_name}-alb"
+  ecs_task_execution_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+  # A pinned backend_container_image wins over the recorded release (release.tf).
+  backend_image            = coalesce(var.backend_container_image, local.release_image)
+  release_parameter_name   = "/${var.ecs_service_name}/release"
   alb_https                = var.enable_alb && var.alb_certificate_arn != null
   autoscaling_resource_id  = "service/${var.ecs_cluster_name}/${var.ecs_service_name}"
   autoscaling_service_role = "arn:${local.partition}:iam::${local.account_id}:role/aws-service-role/ecs.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_ECSService"

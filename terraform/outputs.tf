@@ -9,13 +9,18 @@ output "account_id" {
 }
 
 output "ecr_repository_url" {
-  description = "ECR repository URL for backend images (push <url>:latest, or pin a tag with backend_container_image)."
+  description = "ECR repository URL for backend images (immutable tags: casey-deploy pushes the git sha)."
   value       = aws_ecr_repository.backend.repository_url
 }
 
 output "backend_image" {
   description = "Image reference the task definition runs."
   value       = local.backend_image
+}
+
+output "release_parameter_name" {
+  description = "SSM parameter holding the release casey-deploy deployed (its history is `casey-deploy history`); null when backend_container_image pins the image instead."
+  value       = var.backend_container_image == null ? aws_ssm_parameter.release.name : null
 }
 
 output "ecs_cluster_name" {

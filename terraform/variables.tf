@@ -118,7 +118,7 @@ variable "ecr_repository_name" {
 }
 
 variable "ecr_keep_tagged_images" {
-  description = "The ECR lifecycle policy keeps the newest N tagged images (each push is tagged with its git sha) and expires older ones. The running deployment's image and the circuit breaker's rollback target are among the newest, so N has a floor of 10; raise it to keep older releases for a manual rollback with --immutable. 10-1000. Default: 30."
+  description = "The ECR lifecycle policy keeps the newest N tagged images (each push is tagged with its git sha) and expires older ones. The running deployment's image and the circuit breaker's rollback target are among the newest, as are the 10 releases `casey-deploy history` lists by default, so N has a floor of 10; raise it to keep older releases for `casey-deploy rollback --to`. 10-1000. Default: 30."
   type        = number
   default     = 30
   nullable    = false
@@ -130,7 +130,7 @@ variable "ecr_keep_tagged_images" {
 }
 
 variable "ecr_untagged_expire_days" {
-  description = "Days after its push that the ECR lifecycle policy expires an untagged image (one whose tags were all moved to newer pushes, e.g. a re-pushed -dirty tag). ECS keeps running the digest a deployment resolved even after its tag moved, so this is how long such a deployment and its rollback can still pull. 7-3650. Default: 14."
+  description = "Days after its push that the ECR lifecycle policy expires an untagged image (tags are immutable, so only an image pushed without a tag or whose tag was deleted by hand). 7-3650. Default: 14."
   type        = number
   default     = 14
   nullable    = false

@@ -43,7 +43,8 @@ fn the_man_page_documents_every_verb_and_its_options() {
     for verb in VERBS {
         assert!(page.contains(&format!("casey\\-deploy {}", verb.replace('-', "\\-"))), "no section for `{verb}`");
     }
-    for flag in ["refresh\\-only", "\\-\\-immutable", "\\-\\-check", "\\-\\-sequential", "\\-\\-admin\\-principal"] {
+    for flag in ["refresh\\-only", "\\-\\-allow\\-dirty", "\\-\\-check", "\\-\\-sequential", "\\-\\-admin\\-principal"]
+    {
         assert!(page.contains(flag), "the page lacks {flag}");
     }
 }

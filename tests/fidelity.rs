@@ -151,7 +151,7 @@ fn alb_mode_keeps_a_route_to_ecr_and_a_task_without_one_fails_with_awss_reason()
 
     // Without a public IP on the default VPC (no NAT, no endpoints) the tasks
     // cannot reach ECR: ECS's reason is reported and the rollout fails.
-    let mut args = vec!["image", "--immutable", "--yes", "--tag", "t2", "--timeout", "180"];
+    let mut args = vec!["image", "--yes", "--tag", "t2", "--timeout", "180"];
     args.extend(common_args);
     args.extend(["--var", "task_assign_public_ip=false"]);
     let run = project.casey(&args);

@@ -281,6 +281,17 @@ impl Drop for OtherRegistry {
     }
 }
 
+/// `history --json`: the releases, newest first.
+fn history_of(project: &Project) -> Vec<Value> {
+    let run = project.casey(&["history", "--json"]);
+    run.assert_ok();
+    serde_json::from_str::<Value>(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", run.all()))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 fn context_arg(path: &Path) -> String {
     path.display().to_string()
 }
@@ -403,7 +414,7 @@ fn deploy_flow() {
     // Nothing listens any more: the check fails.
     project.casey(&["backend-url", "--check"]).assert_fails_with("--check: 1 of 1 backend URL(s) failed");
 
-    // --- image: push both tags, print the digest, follow the rollout.
+    // --- image: push the tag, record the release by digest, apply, follow the rollout.
     let before = running_tasks(&emulator);
     let (_dir, context) = unique_context();
     let tag = unique("img");
@@ -421,9 +432,8 @@ fn deploy_flow() {
     run.assert_ok();
     run.assert_no_secrets(&extra_secrets());
     let tags = registry_tags(&registry);
-    assert!(tags.contains(&tag) && tags.contains(&"latest".to_owned()), "both tags in the registry: {tags:?}");
+    assert!(tags.contains(&tag) && !tags.contains(&"latest".to_owned()), "only the immutable tag is pushed: {tags:?}");
     let digest = registry_digest(&registry, &tag);
-    assert_eq!(registry_digest(&registry, "latest"), digest, "latest is the same image");
     assert_eq!(stdout_value(&run, "IMAGE"), format!("{registry}/{REPOSITORY}:{tag}"));
     assert_eq!(stdout_value(&run, "IMAGE_DIGEST"), format!("{registry}/{REPOSITORY}@{digest}"));
     assert!(run.stderr.contains("COMPLETED: 1/1 task(s) running"), "rollout followed to the end: {}", run.stderr);
@@ -432,6 +442,12 @@ fn deploy_flow() {
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(before.iter().all(|b| b.arn != after[0].arn), "the task was replaced: {before:?} -> {after:?}");
     assert!(before.iter().all(|b| b.ip != after[0].ip), "the new task has a new IP: {before:?} -> {after:?}");
+    assert_eq!(after[0].image, format!("{registry}/{REPOSITORY}@{digest}"), "the task runs the release by digest");
+    let first = (tag.clone(), digest.clone());
+    // Terraform reads the release from its record: nothing to change.
+    let run = project.casey(&["infra"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("No changes"), "infra after a deploy: {}", run.stderr);
     assert_eq!(
         project.casey(&["backend-url"]).stdout.trim(),
         format!("BACKEND_WS_URL=ws://{}:3001/ws", after[0].ip),
@@ -439,6 +455,7 @@ fn deploy_flow() {
     );
 
     // --- a rollout that fails: circuit breaker, rollback; the reason is shown.
+    std::fs::write(context.join("hello.txt"), format!("a release that fails {}\n", unique("fail"))).unwrap();
     let reason = "CannotPullContainerError: pull image manifest has been retried 5 time(s): not found";
     emulator.control(
         "POST",
@@ -460,10 +477,28 @@ fn deploy_flow() {
     run.assert_fails_with(reason);
     assert!(run.stderr.contains("rolled the service back"), "the rollback is named: {}", run.stderr);
     assert!(run.stderr.contains("Recent service events:"), "{}", run.stderr);
+    assert!(run.stderr.contains("recorded as release v"), "the rollback is recorded: {}", run.stderr);
+    assert!(run.stderr.contains("`casey-deploy logs --since 15m`"), "{}", run.stderr);
     wait_until("the rollback to settle", 60, || {
         let tasks = running_tasks(&emulator);
         tasks.len() == 1 && tasks[0].arn != after[0].arn
     });
+    let failed_tag = format!("{tag}-2");
+    let history = history_of(&project);
+    assert_eq!(history[0]["live"], true, "{history:?}");
+    assert_eq!(
+        (history[0]["tag"].as_str(), history[0]["digest"].as_str()),
+        (Some(first.0.as_str()), Some(first.1.as_str()))
+    );
+    assert_eq!(history[0]["action"], "rollback");
+    assert_eq!(history[1]["tag"], failed_tag.as_str());
+    assert_eq!(history[1]["outcome"], "failed", "{history:?}");
+    assert_eq!(history[1]["live"], false);
+    assert_eq!(history[2]["tag"], first.0.as_str());
+    assert_eq!(history[2]["outcome"], "completed", "{history:?}");
+    let run = project.casey(&["infra"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("No changes"), "Terraform agrees with the rollback ECS made: {}", run.stderr);
 
     // --- all, end to end: infra (no changes) with the build alongside, push,
     // rollout, backend-url; the default tag is the git short sha.
@@ -475,7 +510,7 @@ fn deploy_flow() {
     let sha = String::from_utf8_lossy(&sha.stdout).trim().to_owned();
     let image = stdout_value(&run, "IMAGE");
     let tag = image.rsplit(':').next().unwrap();
-    assert!(tag == sha || tag == format!("{sha}-dirty"), "default tag {tag} from git {sha}");
+    assert_eq!(tag, sha, "default tag from git");
     let now = running_tasks(&emulator);
     assert_eq!(now.len(), 1);
     assert_eq!(stdout_value(&run, "NEXT_PUBLIC_WS_URL"), format!("ws://{}:3001/ws", now[0].ip));
@@ -485,27 +520,76 @@ fn deploy_flow() {
         assert!(run.stderr.lines().any(row), "summary row {step}: {}", run.stderr);
     }
     assert!(run.stderr.contains("in parallel with infra"), "the build overlapped terraform: {}", run.stderr);
+    let second = registry_digest(&registry, &sha);
+    assert_ne!(second, first.1, "two releases, two digests");
 
-    // --- --immutable: Terraform pins <repo>:<tag>; the deployment it creates is followed.
-    let tag = unique("imm");
+    // --- history: both releases, distinct digests, the live one marked.
+    let history = history_of(&project);
+    assert_eq!(history[0]["tag"], sha.as_str());
+    assert_eq!(history[0]["digest"], second.as_str());
+    assert_eq!(history[0]["live"], true);
+    assert_eq!(history[0]["outcome"], "completed");
+    assert_eq!(history.iter().filter(|e| e["live"] == true).count(), 1, "{history:?}");
+    for entry in &history {
+        assert!(entry["deployed_by"].as_str().unwrap().starts_with("arn:aws:iam::"), "{entry}");
+        assert!(entry["deployed_at"].as_str().unwrap().contains('T'), "{entry}");
+        assert!(
+            entry["task_definition"].is_null()
+                || entry["task_definition"].as_str().unwrap().contains(":task-definition/")
+        );
+    }
+    let text = project.casey(&["history"]);
+    text.assert_ok();
+    assert_eq!(stdout_value(&text, "LIVE_RELEASE").split(' ').nth(1), Some(sha.as_str()), "{}", text.stdout);
+
+    // --- the same commit again: not pushed twice, and nothing to roll out.
+    let run = project.casey(&["all", "--yes", "--registry", &registry, "--context", &fixture, "--timeout", "120"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("is already in ECR"), "{}", run.stderr);
+    // --- an explicit tag that ECR already holds is refused before any push.
     let run = project.casey(&[
         "image",
-        "--immutable",
-        "--yes",
         "--registry",
         &registry,
         "--context",
         &context_arg(&context),
         "--tag",
-        &tag,
+        &first.0,
         "--timeout",
         "120",
     ]);
+    run.assert_fails_with("is already in ECR repository");
+    run.assert_fails_with(&format!("`casey-deploy rollback --to {}`", first.0));
+
+    // --- rollback: the previous good release (the failed one is skipped)
+    // goes live by digest, followed; infra then plans no changes.
+    let run = project.casey(&["rollback", "--yes", "--timeout", "120"]);
     run.assert_ok();
-    assert!(run.stderr.contains("COMPLETED"), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("to release v")) && run.stderr.contains(&first.0), "{}", run.stderr);
+    assert!(run.stderr.contains("COMPLETED: 1/1 task(s) running"), "{}", run.stderr);
     let now = running_tasks(&emulator);
     assert_eq!(now.len(), 1);
-    assert_eq!(now[0].image, format!("{registry}/{REPOSITORY}:{tag}"), "the task runs the immutable tag");
+    assert_eq!(now[0].image, format!("{registry}/{REPOSITORY}@{}", first.1), "the first release runs again");
+    let status = project.casey(&["status", "--json"]);
+    status.assert_ok();
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["image_digest"], first.1.as_str(), "{status}");
+    assert_eq!(status["image_tag"], first.0.as_str(), "{status}");
+    let history = history_of(&project);
+    assert_eq!((history[0]["action"].as_str(), history[0]["live"].as_bool()), (Some("rollback"), Some(true)));
+    assert_eq!(history[1]["outcome"], "rolled back", "{history:?}");
+    let run = project.casey(&["infra"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("No changes"), "infra after a rollback: {}", run.stderr);
+    // By name, back to the newer release; and names that are not releases.
+    project.casey(&["rollback", "--yes", "--to", &sha, "--timeout", "120"]).assert_ok();
+    assert_eq!(running_tasks(&emulator)[0].image, format!("{registry}/{REPOSITORY}@{second}"));
+    project
+        .casey(&["rollback", "--to", "no-such-tag"])
+        .assert_fails_with("no release in the history has the tag or digest `no-such-tag`");
+    let run = project.casey(&["rollback", "--yes", "--to", &sha]);
+    run.assert_ok();
+    assert!(run.stderr.contains("is already live: nothing to roll back"), "{}", run.stderr);
 
     // --- running tasks without a public IP (private subnets behind a NAT
     // gateway, which Fargate needs then to reach ECR): a clear error that
