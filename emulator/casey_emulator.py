@@ -106,7 +106,7 @@ from moto.ec2.responses import EC2Response  # noqa: E402
 from moto.ecs import models as ecs_models  # noqa: E402
 from moto.ecs.exceptions import InvalidParameterException  # noqa: E402
 from moto.ecs.models import Task, ecs_backends  # noqa: E402
-from moto.ecr.models import Image as EcrImage, ecr_backends  # noqa: E402
+from moto.ecr.models import ECRBackend as EcrBackend, Image as EcrImage, ecr_backends  # noqa: E402
 from moto.ecr.responses import ECRResponse  # noqa: E402
 from moto.ecs.responses import DESCRIBE_SERVICES_TAGS, EC2ContainerServiceResponse  # noqa: E402
 from moto.iam.access_control import AssumedRoleAccessKey, IAMPolicyStatement, IAMUserAccessKey  # noqa: E402
@@ -128,7 +128,8 @@ FAILURES: dict[tuple[str, str], list] = {}  # (cluster, service) -> [stoppedReas
 # AWS rules the emulator enforces because casey-deploy depends on them (README.md, "AWS rules"). Each is on
 # by default; only POST /_casey/rules switches one off, for a test that needs it off.
 RULES = {"iam_policy_size": True, "iam_policies_per_entity": True, "fargate_networking": True,
-         "image_exists": True, "container_health_check": True, "awslogs_group_exists": True}
+         "image_exists": True, "container_health_check": True, "awslogs_group_exists": True,
+         "ecr_immutable_tags": True}
 IAM_PROPAGATION_SECONDS = 3.0  # --iam-propagation-seconds, POST /_casey/iam/propagation
 BACKING_REGISTRY: str | None = None  # --registry, POST /_casey/ecr/registry: a loopback registry behind ECR
 READ_LAG = {"seconds": 0.0, "since": 0.0}  # POST /_casey/ecs/read-lag
@@ -199,7 +200,7 @@ def task_info(task: Task) -> dict:
 
 # The runner config, replaced by POST /_casey/runner. A task keeps the config it was launched with.
 RUNNER: dict = {"mode": "none"}
-RUNNER_FIELDS = {"mode", "backend_bin", "registry", "env", "log_dir", "start_timeout"}
+RUNNER_FIELDS = {"mode", "backend_bin", "layers_dir", "registry", "env", "log_dir", "start_timeout"}
 STOP_TIMEOUT = 10  # SIGTERM, then SIGKILL after this many seconds (as `docker stop -t 10`)
 HEALTH_INTERVAL = 0.2
 HEALTH_CHECK_INTERVAL_CAP = 1.0  # a RUNNING task's health check runs every min(interval, this) seconds
@@ -251,6 +252,11 @@ def configure_runner(body: dict) -> tuple[int, dict]:
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
             return 400, {"error": f"backend_bin {path} is not an executable file"}
         config["backend_bin"] = path
+        layers = body.get("layers_dir")
+        if layers is not None:
+            if not isinstance(layers, str) or not os.path.isabs(layers) or not os.path.isdir(layers):
+                return 400, {"error": "layers_dir must be the absolute path of a folder"}
+            config["layers_dir"] = layers
     elif mode == "docker":
         registry = body.get("registry")
         if not isinstance(registry, str) or not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]+)?", registry):
@@ -434,7 +440,20 @@ class ProcessRun(TaskRun):
     it: the emulator stops it), with the task's environment only."""
 
     def _what(self) -> str:
-        return f"{self.config['backend_bin']} for image {self.image}"
+        return f"{self._binary()} for image {self.image}"
+
+    def _binary(self) -> str:
+        """The image's own program when its layer is one (an image whose manifest's layer digest names a folder
+        of layers_dir holding an executable of backend_bin's name: the sandbox's cargo path packs the backend
+        so), so each release runs its own build; otherwise backend_bin."""
+        backend_bin, layers = self.config["backend_bin"], self.config.get("layers_dir")
+        if not layers:
+            return backend_bin
+        for digest in image_layers(self.image):
+            candidate = os.path.join(layers, digest.removeprefix("sha256:"), os.path.basename(backend_bin))
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return candidate
+        return backend_bin
 
     def _spawn(self) -> None:
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
@@ -442,7 +461,7 @@ class ProcessRun(TaskRun):
         try:
             with open(self.log_file, "ab") as log:
                 # The path is read now, not at configuration: a rebuilt binary is what the next deployment runs.
-                self.proc = subprocess.Popen([self.config["backend_bin"]], env=env, cwd=self.config["log_dir"],
+                self.proc = subprocess.Popen([self._binary()], env=env, cwd=self.config["log_dir"],
                                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                              start_new_session=True, preexec_fn=_die_with_emulator)
         except OSError as error:
@@ -453,7 +472,7 @@ class ProcessRun(TaskRun):
         """The health check as the container would run it, against this process: the image's binary is
         backend_bin here, so a command naming it (by its basename, or a path that does not exist on this
         machine) runs backend_bin, with the task's environment."""
-        backend_bin = self.config["backend_bin"]
+        backend_bin = self._binary()
         if argv and argv[0] != "/bin/sh" and (
                 os.path.basename(argv[0]) == os.path.basename(backend_bin) or not os.path.exists(argv[0])):
             argv = [backend_bin, *argv[1:]]
@@ -891,6 +910,22 @@ def _in_ecr(account: str, region: str, repo: str, reference: str) -> bool:
     return any(reference in i.image_tags for i in repository.images)
 
 
+def image_layers(image: str) -> list[str]:
+    """The layer digests of an image in moto's ECR store, from its manifest; [] when it is not there."""
+    host, repo, reference = split_image(image)
+    ecr = ECR_HOST.fullmatch(host)
+    if not ecr:
+        return []
+    repository = ecr_backends[ecr.group(1)][ecr.group(2)].repositories.get(repo)
+    for candidate in repository.images if repository else []:
+        if candidate.get_image_digest() == reference or reference in candidate.image_tags:
+            try:
+                return [layer.get("digest", "") for layer in json.loads(candidate.image_manifest).get("layers", [])]
+            except (ValueError, AttributeError):
+                return []
+    return []
+
+
 def image_failure(image: str, account: str) -> str | None:
     """The stoppedReason of a task whose image is not present (moto's ECR store or the backing registry)."""
     if not RULES["image_exists"] or not image:
@@ -962,6 +997,39 @@ def _manifest_digest(self) -> None:
 
 
 EcrImage._create_digest = _manifest_digest
+
+
+# --- ECR immutable tags -----------------------------------------------------------------------------------
+# "After tag immutability is turned on, the ImageTagAlreadyExistsException error is returned if you push an
+# image with a tag that is already in the repository" (https://docs.aws.amazon.com/AmazonECR/latest/userguide/
+# image-tag-mutability.html); the same manifest under the same tag is ImageAlreadyExistsException. moto
+# raises the latter for both, naming the existing image's digest, so a client cannot tell a re-push of the
+# same release from an attempt to overwrite one. casey-deploy deploys releases by digest and relies on a
+# tag never naming a second image.
+
+class ImageTagAlreadyExistsException(JsonRESTError):
+    code = 400
+
+    def __init__(self, tag: str, repository: str):
+        super().__init__("ImageTagAlreadyExistsException",
+                         f"The image tag '{tag}' already exists in the '{repository}' repository and cannot be "
+                         "overwritten because the repository is immutable.")
+
+
+_moto_put_image = EcrBackend.put_image
+
+
+def put_image(self, repository_name, image_manifest, image_tag, image_manifest_mediatype=None, digest=None):
+    repository = self.repositories.get(repository_name)
+    if RULES["ecr_immutable_tags"] and repository is not None and image_tag and repository.is_tag_immutable():
+        new = "sha256:" + hashlib.sha256(image_manifest.encode("utf-8")).hexdigest()
+        for image in repository.images:
+            if image_tag in image.image_tags and image.get_image_digest() != new:
+                raise ImageTagAlreadyExistsException(image_tag, repository_name)
+    return _moto_put_image(self, repository_name, image_manifest, image_tag, image_manifest_mediatype, digest)
+
+
+EcrBackend.put_image = put_image
 
 
 # --- ECS scheduler ----------------------------------------------------------------------------------------

@@ -932,6 +932,53 @@ def test_container_health_check_decides(runner, standin, tmp_path):
     client(runner, "ecs").delete_service(cluster="casey", service="checked", force=True)
 
 
+def test_an_images_packed_layer_is_the_program_its_task_runs(runner, standin, tmp_path):
+    """Process mode with layers_dir: an image whose manifest's layer digest names a folder there holding an
+    executable of backend_bin's name runs that program (each release its own build, so a rollback runs the old
+    one); any other image runs backend_bin."""
+    layers, out = tmp_path / "layers", tmp_path / "out"
+    out.mkdir()
+    ecr, ecs = client(runner, "ecr"), client(runner, "ecs")
+    for which in ("one", "two"):
+        text = STANDIN.replace("import http.client,", f"import os; os.environ['STANDIN_LAYER'] = '{which}'\nimport http.client,", 1)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        (layers / digest).mkdir(parents=True)
+        program = layers / digest / "casey-backend"
+        program.write_text(text)
+        program.chmod(0o755)
+        body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                           "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
+                                      "digest": "sha256:" + hashlib.sha256(which.encode()).hexdigest()},
+                           "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                       "size": len(text), "digest": f"sha256:{digest}"}]})
+        put = ecr.put_image(repositoryName="casey-backend", imageTag=f"layer-{which}", imageManifest=body)
+        ecs.register_task_definition(
+            family=f"layer-{which}", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256",
+            memory="512", containerDefinitions=[{
+                "name": "app", "image": f"{ECR}/casey-backend@{put['image']['imageId']['imageDigest']}",
+                "portMappings": [{"containerPort": runner["port"]}]}])
+    base = {"mode": "process", "backend_bin": str(standin), "env": {"STANDIN_DIR": str(out)},
+            "log_dir": str(out / "logs"), "start_timeout": 20}
+    for bad in ("layers", str(tmp_path / "missing"), 1):
+        assert control(runner, "/_casey/runner", {**base, "layers_dir": bad})[0] == 400, bad
+    assert control(runner, "/_casey/runner", {**base, "layers_dir": str(layers)})[0] == 200
+
+    def layers_run():
+        return sorted(e.get("STANDIN_LAYER", "backend_bin") for e in standin_envs(out).values())
+
+    try:
+        create_service(runner, runner["net"], "layered", desired=1, task_definition="layer-one")
+        assert wait_for(lambda: settled(runner, "layered"), timeout=30)
+        assert layers_run() == ["one"]
+        ecs.update_service(cluster="casey", service="layered", taskDefinition="layer-two")
+        assert wait_for(lambda: layers_run() == ["one", "two"], timeout=30), layers_run()
+        ecs.update_service(cluster="casey", service="layered", taskDefinition="good")  # no packed layer
+        assert wait_for(lambda: layers_run() == ["backend_bin", "one", "two"], timeout=30), layers_run()
+    finally:
+        ecs.delete_service(cluster="casey", service="layered", force=True)
+        control(runner, "/_casey/runner", {"mode": "none"})
+
+
 def test_circuit_breaker_resets_on_a_healthy_task(runner, standin, tmp_path):
     """Threshold max(3, ceil(desired/2)) of consecutive failures: 4 tasks fail here, but a healthy task comes
     between the 2nd and 3rd, so the deployment completes (it would fail if the count never reset)."""
@@ -1296,6 +1343,31 @@ def test_an_images_digest_is_the_sha256_of_its_manifest(emulator):
     assert put["image"]["imageId"]["imageDigest"] == expected
     described = ecr.describe_images(repositoryName="digests", imageIds=[{"imageTag": "v1"}])["imageDetails"]
     assert [d["imageDigest"] for d in described] == [expected]
+
+
+def test_an_immutable_tag_never_names_a_second_image(emulator):
+    """ECR with tag immutability: another image under an existing tag is ImageTagAlreadyExistsException
+    (image-tag-mutability.html), the same image again ImageAlreadyExistsException; a mutable repository moves
+    the tag. moto raised ImageAlreadyExistsException for both."""
+    ecr = client(emulator, "ecr")
+    ecr.create_repository(repositoryName="immutable", imageTagMutability="IMMUTABLE")
+    ecr.put_image(repositoryName="immutable", imageTag="abc1234", imageManifest=manifest("one"))
+    with pytest.raises(botocore.exceptions.ClientError) as other:
+        ecr.put_image(repositoryName="immutable", imageTag="abc1234", imageManifest=manifest("two"))
+    assert other.value.response["Error"]["Code"] == "ImageTagAlreadyExistsException"
+    assert other.value.response["Error"]["Message"] == (
+        "The image tag 'abc1234' already exists in the 'immutable' repository and cannot be overwritten because the "
+        "repository is immutable.")
+    with pytest.raises(botocore.exceptions.ClientError) as same:
+        ecr.put_image(repositoryName="immutable", imageTag="abc1234", imageManifest=manifest("one"))
+    assert same.value.response["Error"]["Code"] == "ImageAlreadyExistsException"
+    described = ecr.describe_images(repositoryName="immutable", imageIds=[{"imageTag": "abc1234"}])["imageDetails"]
+    assert [d["imageDigest"] for d in described] == ["sha256:" + hashlib.sha256(manifest("one").encode()).hexdigest()]
+    # Another tag for the second image is fine; a mutable repository moves its tags.
+    ecr.put_image(repositoryName="immutable", imageTag="def5678", imageManifest=manifest("two"))
+    ecr.create_repository(repositoryName="mutable", imageTagMutability="MUTABLE")
+    ecr.put_image(repositoryName="mutable", imageTag="latest", imageManifest=manifest("one"))
+    ecr.put_image(repositoryName="mutable", imageTag="latest", imageManifest=manifest("two"))
 
 
 def test_filter_log_events_honours_the_stream_prefix(emulator):

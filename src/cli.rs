@@ -159,7 +159,7 @@ pub struct ImageArgs {
     #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_var)]
     pub build_args: Vec<(String, String)>,
 
-    /// Push to this registry (HOST[:PORT]) instead of the ECR host, e.g. a mirror or a local registry; it must accept the ECR credentials (user AWS). The repository path stays the ECR repository's name
+    /// Push to this registry (HOST[:PORT]) instead of the ECR host, e.g. a mirror or a local registry in front of ECR; it must accept the ECR credentials (user AWS). The repository path stays the ECR repository's name, and the release is deployed from ECR by digest
     #[arg(long, value_name = "HOST[:PORT]")]
     pub registry: Option<String>,
 

@@ -186,10 +186,12 @@ impl Ctx {
         }
     }
 
-    /// The target's tasks run `binary` as local processes.
-    pub fn run_tasks_as_processes(&self, binary: &Path) -> Result<()> {
+    /// The target's tasks run local processes: of `binary` (the image
+    /// layer `layer`) for the image that has it, of their own image's layer
+    /// for an earlier release.
+    pub fn run_tasks_as_processes(&self, binary: &Path, layer: &str) -> Result<()> {
         match &self.sandbox {
-            Some(sandbox) => sandbox.run_binary(binary),
+            Some(sandbox) => sandbox.run_binary(binary, layer),
             None => bail!("AWS runs images, not local binaries: build the image with Docker"),
         }
     }

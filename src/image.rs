@@ -33,17 +33,12 @@ pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
     Ok(())
 }
 
-/// The release of a pushed image: by digest, in the repository the tasks
-/// pull from. A push to the target's own registry (the sandbox's, behind its
-/// ECR) is deployed from the ECR repository, as against AWS.
+/// The release of a pushed image: by digest, in the stack's ECR repository
+/// (a digest names the same image in every registry; a push to `--registry`
+/// or the sandbox's registry lands behind ECR).
 pub fn new_release(ctx: &Ctx, image: &Image, pushed: &Pushed) -> Result<Record> {
-    let repository = if ctx.push_registry().as_deref() == Some(image.registry.as_str()) {
-        ctx.repository()?.url
-    } else {
-        image.repository.clone()
-    };
     Ok(Record::new(
-        format!("{repository}@{}", pushed.digest),
+        format!("{}@{}", ctx.repository()?.url, pushed.digest),
         image.tag.clone(),
         pushed.digest.clone(),
         "deploy",

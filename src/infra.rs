@@ -570,15 +570,13 @@ fn confirm(summary: &Summary, args: &Options) -> Result<()> {
 mod tests {
     #[test]
     fn only_a_release_plan_is_applied_without_asking() {
-        let release = Summary {
-            replaced: vec![TASK_DEFINITION.into()],
-            updated: vec![SERVICE.into()],
-            ..Summary::default()
-        };
+        let release =
+            Summary { replaced: vec![TASK_DEFINITION.into()], updated: vec![SERVICE.into()], ..Summary::default() };
         assert!(release.only_release());
         let first = Summary { created: NEEDS_IMAGE.iter().map(|a| (*a).to_owned()).collect(), ..Summary::default() };
         assert!(first.only_release());
-        let more = Summary { updated: vec![SERVICE.into(), "aws_security_group.ecs_tasks".into()], ..Summary::default() };
+        let more =
+            Summary { updated: vec![SERVICE.into(), "aws_security_group.ecs_tasks".into()], ..Summary::default() };
         assert!(!more.only_release());
         let destroys = Summary { destroyed: vec![TASK_DEFINITION.into()], ..Summary::default() };
         assert!(!destroys.only_release());

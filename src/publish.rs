@@ -119,7 +119,7 @@ pub fn push(ctx: &Ctx, built: &Built, repo: &Repository) -> Result<Pushed> {
         say!("==> {} is already in ECR ({digest}): the same commit, not pushed again", image.immutable_ref());
         match built {
             Built::Docker(image) => ctx.images_pushed_to(&image.registry)?,
-            Built::Binary { binary, .. } => ctx.run_tasks_as_processes(binary)?,
+            Built::Binary { binary, .. } => ctx.run_tasks_as_processes(binary, &sha256(&read(binary)?))?,
         }
         let pushed = Pushed { digest };
         print_pushed(image, &pushed);
@@ -133,8 +133,9 @@ pub fn push(ctx: &Ctx, built: &Built, repo: &Repository) -> Result<Pushed> {
             pushed
         }
         Built::Binary { image, binary } => {
-            let pushed = record_binary_image(ctx, repo, image, binary)?;
-            ctx.run_tasks_as_processes(binary)?;
+            let bytes = read(binary)?;
+            let pushed = record_binary_image(ctx, repo, image, &bytes)?;
+            ctx.run_tasks_as_processes(binary, &sha256(&bytes))?;
             pushed
         }
     };
@@ -186,17 +187,10 @@ fn cargo_build_backend(project: &Path, quiet: bool) -> Result<PathBuf> {
 
 /// Record the cargo-built backend in ECR with PutImage: a manifest whose
 /// single layer is the binary's digest. moto's ECR keeps manifests only, so
-/// no layer is uploaded.
-fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, binary: &Path) -> Result<Pushed> {
-    use sha2::Digest as _;
-    let bytes = std::fs::read(binary).with_context(|| format!("could not read {}", binary.display()))?;
-    let sha256 = |data: &[u8]| {
-        sha2::Sha256::digest(data).iter().fold(String::from("sha256:"), |mut hex, b| {
-            hex.push_str(&format!("{b:02x}"));
-            hex
-        })
-    };
-    let layer = sha256(&bytes);
+/// no layer is uploaded: the target keeps the layer itself
+/// ([`Ctx::run_tasks_as_processes`]), and each release runs its own binary.
+fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, bytes: &[u8]) -> Result<Pushed> {
+    let layer = sha256(bytes);
     let config = json!({"architecture": "amd64", "os": "linux", "config": {"Entrypoint": ["casey-backend"]},
                         "rootfs": {"type": "layers", "diff_ids": [layer]}})
     .to_string();
@@ -211,6 +205,19 @@ fn record_binary_image(ctx: &Ctx, repo: &Repository, image: &Image, binary: &Pat
     let digest = ctx.block_on(crate::ecr::put_manifest(&ctx.ecr(&repo.region), repo.name(), &manifest, &image.tag))?;
     say!("==> recorded {} (the cargo-built backend) in ECR: {digest}", image.immutable_ref());
     Ok(Pushed { digest })
+}
+
+fn read(binary: &Path) -> Result<Vec<u8>> {
+    std::fs::read(binary).with_context(|| format!("could not read {}", binary.display()))
+}
+
+/// `sha256:<hex>` of `data`, as image digests are written.
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(data).iter().fold(String::from("sha256:"), |mut hex, b| {
+        hex.push_str(&format!("{b:02x}"));
+        hex
+    })
 }
 
 /// The digest the tag was pushed with.

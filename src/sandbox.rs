@@ -320,14 +320,28 @@ impl Sandbox {
     }
 
     /// Tasks run `binary` (the cargo-built backend) as local processes.
-    pub fn run_binary(&self, binary: &Path) -> Result<()> {
+    pub fn run_binary(&self, binary: &Path, layer: &str) -> Result<()> {
         let log_dir = self.dir.join("tasks");
         std::fs::create_dir_all(&log_dir).with_context(|| format!("could not create {}", log_dir.display()))?;
+        // The image's layer, where the runner finds it by the manifest:
+        // layers/<sha256 hex>/casey-backend. A later cargo build overwrites
+        // `binary`; this copy stays the release's.
+        let layers = self.dir.join("layers");
+        let folder = layers.join(layer.trim_start_matches("sha256:"));
+        let name = binary.file_name().context("the backend binary has no file name")?;
+        let packed = folder.join(name);
+        if !packed.exists() {
+            std::fs::create_dir_all(&folder).with_context(|| format!("could not create {}", folder.display()))?;
+            let partial = folder.join(".partial");
+            std::fs::copy(binary, &partial)
+                .and_then(|_| std::fs::rename(&partial, &packed))
+                .with_context(|| format!("could not copy {} to {}", binary.display(), packed.display()))?;
+        }
         control(
             &self.endpoint,
             "POST",
             "/_casey/runner",
-            Some(json!({"mode": "process", "backend_bin": binary, "log_dir": log_dir})),
+            Some(json!({"mode": "process", "backend_bin": packed, "layers_dir": layers, "log_dir": log_dir})),
         )?;
         Ok(())
     }

@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -168,7 +169,10 @@ fn the_rollout_follower_survives_lagging_reads_and_transient_errors_and_names_a_
     let repo = format!("ecr_repository_name={}", unique("fid-roll"));
     let (_dir, context) = unique_context();
     let context = context.display().to_string();
+    // Each release its own content: the same content is the same digest,
+    // which is already live and so nothing to roll out.
     let image = |tag: &str| -> Run {
+        std::fs::write(Path::new(&context).join("hello.txt"), format!("release {tag} {}\n", unique("c"))).unwrap();
         project.casey(&[
             "image",
             "--var",

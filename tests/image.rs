@@ -26,6 +26,8 @@ use common::docker::{http_get, registry, registry_auth, stdout_value, unique, un
 use common::{Emulator, Project};
 
 const REPOSITORY: &str = "casey-backend";
+/// The emulated ECR registry of the default account and region.
+const ECR: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 
 /// Tags of the repository, read through the registry's HTTP API.
 fn registry_tags(registry: &str) -> Vec<String> {
@@ -442,7 +444,7 @@ fn deploy_flow() {
     assert_eq!(after.len(), 1, "{after:?}");
     assert!(before.iter().all(|b| b.arn != after[0].arn), "the task was replaced: {before:?} -> {after:?}");
     assert!(before.iter().all(|b| b.ip != after[0].ip), "the new task has a new IP: {before:?} -> {after:?}");
-    assert_eq!(after[0].image, format!("{registry}/{REPOSITORY}@{digest}"), "the task runs the release by digest");
+    assert_eq!(after[0].image, format!("{ECR}/{REPOSITORY}@{digest}"), "the task runs the release by digest");
     let first = (tag.clone(), digest.clone());
     // Terraform reads the release from its record: nothing to change.
     let run = project.casey(&["infra"]);
@@ -569,7 +571,7 @@ fn deploy_flow() {
     assert!(run.stderr.contains("COMPLETED: 1/1 task(s) running"), "{}", run.stderr);
     let now = running_tasks(&emulator);
     assert_eq!(now.len(), 1);
-    assert_eq!(now[0].image, format!("{registry}/{REPOSITORY}@{}", first.1), "the first release runs again");
+    assert_eq!(now[0].image, format!("{ECR}/{REPOSITORY}@{}", first.1), "the first release runs again");
     let status = project.casey(&["status", "--json"]);
     status.assert_ok();
     let status: Value = serde_json::from_str(&status.stdout).unwrap();
@@ -583,7 +585,7 @@ fn deploy_flow() {
     assert!(run.stderr.contains("No changes"), "infra after a rollback: {}", run.stderr);
     // By name, back to the newer release; and names that are not releases.
     project.casey(&["rollback", "--yes", "--to", &sha, "--timeout", "120"]).assert_ok();
-    assert_eq!(running_tasks(&emulator)[0].image, format!("{registry}/{REPOSITORY}@{second}"));
+    assert_eq!(running_tasks(&emulator)[0].image, format!("{ECR}/{REPOSITORY}@{second}"));
     project
         .casey(&["rollback", "--to", "no-such-tag"])
         .assert_fails_with("no release in the history has the tag or digest `no-such-tag`");
