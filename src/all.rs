@@ -63,7 +63,7 @@ fn steps(ctx: &Ctx, all: &AllArgs, summary: &mut Summary) -> Result<url::Resolve
     // Cheap checks first: nothing slow starts when docker or the context is wrong.
     let (method, source) = summary.step("docker", || {
         let method = publish::method(ctx)?;
-        Ok((method, Source::new(&ctx.project, &args.publish)?))
+        Ok((method, Source::new(ctx, &args.publish)?))
     })?;
     if let Method::Binary(_) = &method {
         summary.note("docker", "cargo build instead");

@@ -163,6 +163,12 @@ impl Ctx {
         self.sandbox.is_some()
     }
 
+    /// The sandbox deploys a working tree as it is (a one-off `-dirty-`
+    /// tag); against AWS uncommitted changes need `--allow-dirty`.
+    pub fn accepts_dirty_builds(&self) -> bool {
+        self.sandbox.is_some()
+    }
+
     /// The registry images are pushed to instead of the ECR host.
     pub fn push_registry(&self) -> Option<String> {
         self.sandbox.as_ref().and_then(|s| s.registry.clone())

@@ -13,8 +13,16 @@ use crate::terraform::{PlanFile, PlanMode, Terraform};
 
 /// Resource types that can exist before the stack (created by hand or by a
 /// partial apply) and whose import id follows from the planned values.
-const ADOPTABLE: &[&str] =
-    &["aws_cloudwatch_log_group", "aws_iam_policy", "aws_iam_role", "aws_ecr_repository", "aws_ecs_cluster"];
+/// The release record is among them: importing it keeps its value (the
+/// live release), which Terraform never overwrites.
+const ADOPTABLE: &[&str] = &[
+    "aws_cloudwatch_log_group",
+    "aws_iam_policy",
+    "aws_iam_role",
+    "aws_ecr_repository",
+    "aws_ecs_cluster",
+    "aws_ssm_parameter",
+];
 
 pub fn run(ctx: &Ctx, args: &crate::terraform::Vars) -> Result<()> {
     let tf = ctx.terraform(args);

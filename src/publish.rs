@@ -146,7 +146,7 @@ pub fn push(ctx: &Ctx, built: &Built, repo: &Repository) -> Result<Pushed> {
 /// The whole path, for `image`: method, build, push.
 pub fn publish(ctx: &Ctx, args: &Options) -> Result<(Image, Pushed)> {
     let repo = ctx.repository()?;
-    let source = Source::new(&ctx.project, args)?;
+    let source = Source::new(ctx, args)?;
     let method = method(ctx)?;
     let built = build(ctx, &method, image_for(ctx, source, args, &repo), false)?;
     let pushed = push(ctx, &built, &repo)?;
@@ -263,7 +263,8 @@ pub struct Source {
 }
 
 impl Source {
-    pub fn new(project: &Path, args: &Options) -> Result<Source> {
+    pub fn new(ctx: &Ctx, args: &Options) -> Result<Source> {
+        let project = &ctx.project;
         let context = match &args.context {
             Some(dir) => dir.clone(),
             None => project.join("backend"),
@@ -285,10 +286,10 @@ impl Source {
             }
             None => match git_tag(&context, &dockerfile)? {
                 (sha, false) => (sha, true),
-                (sha, true) if args.allow_dirty => {
+                (sha, true) if args.allow_dirty || ctx.accepts_dirty_builds() => {
                     let tag = format!("{sha}-dirty-{}", utc_stamp());
                     crate::warn!(
-                        "{} has uncommitted changes: building them as {tag} (--allow-dirty); that tag names this build only",
+                        "{} has uncommitted changes: building them as {tag}, a tag that names this build only",
                         context.display()
                     );
                     (tag, false)

@@ -27,7 +27,8 @@ locals {
   security_group_alb     = "${var.ecs_service_name}-alb"
   ecs_task_execution_arn = "arn:${local.partition}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
   # A pinned backend_container_image wins over the recorded release (release.tf).
-  backend_image            = coalesce(var.backend_container_image, local.release_image)
+  # (The placeholder when the record is not in the state, e.g. during an import.)
+  backend_image            = coalesce(var.backend_container_image, local.release_image, "${aws_ecr_repository.backend.repository_url}:latest")
   release_parameter_name   = "/${var.ecs_service_name}/release"
   alb_https                = var.enable_alb && var.alb_certificate_arn != null
   autoscaling_resource_id  = "service/${var.ecs_cluster_name}/${var.ecs_service_name}"

@@ -30,5 +30,5 @@ resource "aws_ssm_parameter" "release" {
 locals {
   # A value written by hand may be a bare image reference.
   release_value = aws_ssm_parameter.release.insecure_value
-  release_image = can(jsondecode(local.release_value).image) ? jsondecode(local.release_value).image : local.release_value
+  release_image = can(jsondecode(local.release_value).image) ? jsondecode(local.release_value).image : try(trimspace(local.release_value), null)
 }

@@ -122,6 +122,10 @@ fn infra_adopts_existing_resources_survives_interrupts_and_toggles_the_alb() {
         r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"polly:SynthesizeSpeech","Resource":"*"}]}"#,
     ]);
 
+    // The release record, left by a stack whose state was lost: its value is the live release.
+    let record = r#"{"image":"123456789012.dkr.ecr.us-east-1.amazonaws.com/casey-backend:latest","action":"created","note":"kept"}"#;
+    emulator.aws(&["ssm", "put-parameter", "--name", "/casey-backend/release", "--type", "String", "--value", record]);
+
     let run = project.casey(&["infra", "--yes"]);
     run.assert_fails_with("casey-deploy import");
     assert!(run.stderr.contains("aws_cloudwatch_log_group.casey_backend_aws_usage"), "{}", run.stderr);
@@ -131,6 +135,7 @@ fn infra_adopts_existing_resources_survives_interrupts_and_toggles_the_alb() {
     run.assert_ok();
     assert!(run.stderr.contains("imported aws_cloudwatch_log_group.casey_backend_aws_usage"), "{}", run.stderr);
     assert!(run.stderr.contains("imported aws_iam_policy.casey_backend"), "{}", run.stderr);
+    assert!(run.stderr.contains("imported aws_ssm_parameter.release"), "{}", run.stderr);
     project.casey(&["import"]).assert_ok().stderr.contains("Nothing to import").then_some(()).expect("second import");
 
     // SIGINT (from another process, as CI would send it) during the apply.
@@ -181,6 +186,8 @@ fn infra_adopts_existing_resources_survives_interrupts_and_toggles_the_alb() {
     run.assert_ok();
     assert!(run.stderr.contains("No changes"), "{}", run.stderr);
     assert!(!run.stderr.contains("terraform apply"), "{}", run.stderr);
+    let kept = emulator.aws(&["ssm", "get-parameter", "--name", "/casey-backend/release"]);
+    assert_eq!(kept["Parameter"]["Value"], record, "Terraform never overwrites the release record");
 
     // Drift: --refresh-only takes AWS's word into the state and changes nothing.
     emulator.aws(&[

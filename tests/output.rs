@@ -117,6 +117,17 @@ fn every_verb_prints_only_json_with_json() {
     assert!(doc["probe"].as_array().is_some_and(|p| p.len() == 1 && p[0]["ok"].is_boolean()), "{doc}");
     assert!(status.stderr.contains("live: ") && status.stderr.contains("deployment "), "{}", status.stderr);
 
+    // history: one document, an array (the placeholder before the first deploy is no release);
+    // rollback with nothing to roll back to: a JSON failure that says so.
+    let history = casey(&["history", "--json"]);
+    history.assert_ok();
+    assert_eq!(document(&history), serde_json::json!([]), "{}", history.stdout);
+    let rollback = casey(&["rollback", "--json", "--yes"]);
+    assert!(!rollback.ok());
+    let summary = events(&rollback).pop().unwrap();
+    assert_eq!(summary["ok"], false, "{summary}");
+    assert!(summary["error"].as_str().unwrap_or_default().contains("no earlier release"), "{summary}");
+
     // logs: NDJSON `log` events (none here: no runner prints) and the summary.
     let logs = casey(&["logs", "--json", "--since", "1h"]);
     logs.assert_ok();

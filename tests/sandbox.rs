@@ -135,8 +135,24 @@ fn all_local_deploys_a_backend_that_answers_and_leaves_the_real_state_alone() {
     check.assert_ok();
     assert_eq!(printed_url(&check, "BACKEND_WS_URL"), url);
 
-    // A new image: new task, new address, and it answers too.
-    let run = project.casey(&["image", "--local", "--json"], &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")]);
+    // The same commit again: already in ECR and live, nothing to roll out.
+    let no_docker = ("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let same = project.casey(&["image", "--local"], &[no_docker]);
+    same.assert_ok();
+    assert!(
+        same.stderr.contains("is already in ECR") && same.stderr.contains("nothing to roll out"),
+        "{}",
+        same.stderr
+    );
+    let first = project.casey(&["status", "--local", "--json"], &[]);
+    let first: serde_json::Value =
+        serde_json::from_str(&first.stdout).unwrap_or_else(|e| panic!("{e}: {}", first.all()));
+
+    // A new build (another build id compiled in): a new release, new task, new address, and it answers too.
+    let run = project.casey(
+        &["image", "--local", "--json", "--tag", "second-build"],
+        &[no_docker, ("CASEY_BUILD_ID", "second-build")],
+    );
     run.assert_ok();
     // --json: NDJSON only, the pushed image's digest, and a summary that says the same.
     let events: Vec<serde_json::Value> =
@@ -163,8 +179,37 @@ fn all_local_deploys_a_backend_that_answers_and_leaves_the_real_state_alone() {
     assert!(words[0].ends_with('Z') && words[0].len() == 20, "{line}");
     assert_eq!(words[1], task, "the line names its task: {line}\n{doc}");
     assert!(!logs.stdout.contains("casey-emulator:"), "only the task's own output: {}", logs.stdout);
+    assert!(line.contains("\"build\":\"second-build\""), "the task runs the new build: {line}");
     let url2 = printed_url(&project.casey(&["backend-url", "--local"], &[]), "BACKEND_WS_URL");
     assert_ne!(url, url2, "the rollout replaced the task");
+    assert_backend_answers(&url2);
+
+    // history: both releases, distinct digests, the new one live.
+    let history = project.casey(&["history", "--local", "--json"], &[]);
+    history.assert_ok();
+    let history: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    let releases: Vec<_> = history.as_array().unwrap().iter().filter(|e| e["action"] == "deploy").collect();
+    assert_eq!(releases[0]["digest"], pushed["digest"], "{history}");
+    assert_eq!(releases[0]["live"], true, "{history}");
+    assert!(releases.iter().any(|e| e["digest"] == first["image_digest"]), "{history}");
+    assert_ne!(first["image_digest"], pushed["digest"]);
+
+    // rollback: the first build runs again (its own binary, kept as its image's layer) and answers.
+    let back = project.casey(&["rollback", "--local"], &[]);
+    back.assert_ok();
+    let status = project.casey(&["status", "--local", "--json"], &[]);
+    let doc: serde_json::Value =
+        serde_json::from_str(&status.stdout).unwrap_or_else(|e| panic!("{e}: {}", status.all()));
+    assert_eq!(doc["image_digest"], first["image_digest"], "{doc}");
+    assert!(doc["probe"][0]["ok"] == true, "the backend answers after the rollback: {doc}");
+    let task = doc["tasks"][0]["task_id"].as_str().unwrap_or_default().to_owned();
+    let logs = project.casey(&["logs", "--local", "--since", "5m", "--task", &task], &[]);
+    let line = logs.stdout.lines().find(|l| l.contains("listening")).unwrap_or_else(|| panic!("{}", logs.all()));
+    assert!(line.contains("\"build\":null"), "the first build runs again: {line}");
+    let again = project.casey(&["infra", "--local"], &[]);
+    again.assert_ok();
+    assert!(again.stderr.contains("No changes"), "infra after a rollback: {}", again.stderr);
+    let url2 = printed_url(&project.casey(&["backend-url", "--local"], &[]), "BACKEND_WS_URL");
     assert_backend_answers(&url2);
     project.assert_real_state_untouched();
 

@@ -25,6 +25,9 @@ use crate::usage::{UsageLog, UsageWriter};
 use crate::ws::{self, Session};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// An id the build was given (`CASEY_BUILD_ID` when it was compiled), so
+/// two builds of one version are told apart in the logs.
+pub const BUILD: Option<&str> = option_env!("CASEY_BUILD_ID");
 
 /// How long queued usage events may take to reach CloudWatch at shutdown.
 const USAGE_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -114,7 +117,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = tokio::spawn(async move { serve.await });
-    log::info("listening", json!({ "addr": local_addr.to_string() }));
+    log::info("listening", json!({ "addr": local_addr.to_string(), "version": VERSION, "build": BUILD }));
 
     let signal_name = tokio::select! {
         name = next_signal(&mut sigterm, &mut sigint) => name,
