@@ -85,13 +85,10 @@ pub fn deploy(ctx: &Ctx, infra_args: &infra::Options, args: &rollout::Options, m
         );
     }
     let outputs = Outputs::from_map(&outputs::load_map(&tf)?)?;
-    let started = rollout::primary_deployment(ctx, &outputs)?;
-    let id = match started {
-        Some(id) if Some(&id) != before.as_ref().map(|l| &l.deployment) => id,
-        _ => {
-            say!("The service already runs {}: nothing to roll out.", record.image);
-            return Ok(outputs);
-        }
+    let changed = before.as_ref().is_none_or(|l| l.image.as_deref() != Some(record.image.as_str()));
+    let Some(id) = new_deployment(ctx, &outputs, before.as_ref().map(|l| l.deployment.as_str()), changed)? else {
+        say!("The service already runs {}: nothing to roll out.", record.image);
+        return Ok(outputs);
     };
     if args.no_wait {
         say!("--no-wait: ECS deployment {id} started; not following it (`casey-deploy status` shows it)");
@@ -132,7 +129,7 @@ pub fn deploy(ctx: &Ctx, infra_args: &infra::Options, args: &rollout::Options, m
     );
     match infra::run(ctx, infra_args) {
         Ok(_) => {
-            if let Some(id) = rollout::primary_deployment(ctx, &outputs)?.filter(|id| *id != now.deployment) {
+            if let Some(id) = new_deployment(ctx, &outputs, Some(&now.deployment), true)? {
                 if let Err(e) = rollout::follow(ctx, &outputs, &id, args) {
                     warn!("the deployment of the recorded rollback did not complete: {e:#}");
                 }
@@ -144,6 +141,27 @@ pub fn deploy(ctx: &Ctx, infra_args: &infra::Options, args: &rollout::Options, m
         "release v{version} ({}) failed and ECS rolled back to the release before it: `casey-deploy history` shows both, `casey-deploy logs --since 15m` the failed tasks' output",
         record.tag
     )))
+}
+
+/// The deployment the apply started: a PRIMARY other than `before`. When the
+/// image `changed` one must appear, and ECS's eventually consistent reads may
+/// lag the UpdateService, so it is waited for (60 s, as the follower waits).
+fn new_deployment(ctx: &Ctx, outputs: &Outputs, before: Option<&str>, changed: bool) -> Result<Option<String>> {
+    let start = std::time::Instant::now();
+    loop {
+        match rollout::primary_deployment(ctx, outputs)? {
+            Some(id) if Some(id.as_str()) != before => return Ok(Some(id)),
+            _ if !changed => return Ok(None),
+            _ if start.elapsed() >= std::time::Duration::from_secs(60) => bail!(
+                "the apply changed the service's image, but after 60 s ECS lists no new deployment of {}: `casey-deploy status` shows what it runs",
+                outputs.ecs_service_name
+            ),
+            _ => {
+                crate::process::check_interrupted()?;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+    }
 }
 
 /// Whether the stack's ECS service exists (is in the Terraform state).

@@ -85,8 +85,20 @@ fn primary(service: &Service) -> Option<String> {
     service.deployments().iter().find(|d| d.status() == Some("PRIMARY")).and_then(|d| d.id()).map(str::to_owned)
 }
 
+/// DescribeServices, retrying throttling, 5xx and timeouts for up to
+/// [`TRANSIENT_BUDGET`] past the SDK's own retries, as the follower does.
 pub fn describe(ctx: &Ctx, ecs: &aws_sdk_ecs::Client, outputs: &Outputs) -> Result<Option<Service>> {
-    describe_raw(ctx, ecs, outputs).map_err(|e| describe_error(outputs, &e))
+    let start = Instant::now();
+    loop {
+        match describe_raw(ctx, ecs, outputs) {
+            Err(err) if transient(&err) && start.elapsed() < TRANSIENT_BUDGET => {
+                say!("DescribeServices: {} (retrying)", crate::aws::error_text(&err));
+                crate::process::check_interrupted()?;
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            other => return other.map_err(|e| describe_error(outputs, &e)),
+        }
+    }
 }
 
 /// Where a deployment stands.
