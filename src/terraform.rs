@@ -482,21 +482,33 @@ impl Failure {
 
     /// Addresses of resources that failed because they already exist.
     pub fn already_exists(&self) -> Vec<String> {
+        // Each `Error:` block names its resource (`with ADDRESS,`); AWS's
+        // reason may come in the header or after the address (a security
+        // group rule: "InvalidPermission.Duplicate: The specified rule
+        // already exists").
+        let exists = |l: &str| l.contains("already exists") || l.contains("AlreadyExists") || l.contains(".Duplicate");
         let mut addresses = Vec::new();
-        let mut hit = false;
-        for line in self.output.lines() {
-            let l = line.trim_start_matches(|c: char| c == '│' || c.is_whitespace());
-            if l.starts_with("Error:") {
-                hit = l.contains("already exists") || l.contains("AlreadyExists") || l.contains("EntityAlreadyExists");
-            } else if hit && !l.contains("AlreadyExists") {
-                if let Some(addr) = l.strip_prefix("with ") {
-                    addresses.push(addr.trim_end_matches(',').to_owned());
-                    hit = false;
+        let mut block: Option<(bool, Option<String>)> = None;
+        let mut close = |block: Option<(bool, Option<String>)>, addresses: &mut Vec<String>| {
+            if let Some((true, Some(address))) = block {
+                if !addresses.contains(&address) {
+                    addresses.push(address);
                 }
-            } else if hit {
-                // The error text itself may span lines; keep looking for `with`.
+            }
+        };
+        for line in self.output.lines() {
+            let l = line.trim_start_matches(|c: char| c == '│' || c == '╷' || c == '╵' || c.is_whitespace());
+            if l.starts_with("Error:") {
+                close(block.take(), &mut addresses);
+                block = Some((exists(l), None));
+            } else if let Some((hit, address)) = block.as_mut() {
+                match l.strip_prefix("with ") {
+                    Some(a) if address.is_none() => *address = Some(a.trim_end_matches(',').to_owned()),
+                    _ => *hit |= exists(l),
+                }
             }
         }
+        close(block, &mut addresses);
         addresses
     }
 
@@ -739,6 +751,12 @@ mod tests {
             vec!["aws_cloudwatch_log_group.casey_backend_aws_usage", "aws_iam_policy.casey_backend"]
         );
         assert!(f.to_string().contains("casey-deploy import"));
+
+        // A rule's reason comes after its address; another error is not one.
+        let f = failure(
+            "Error: creating VPC Security Group Rule\n\n  with aws_vpc_security_group_ingress_rule.ecs_tasks_from_cidr[\"0.0.0.0/0\"],\n  on network.tf line 87:\n\noperation error EC2: AuthorizeSecurityGroupIngress, api error\nInvalidPermission.Duplicate: The specified rule already exists\n\nError: creating ECS Service\n\n  with aws_ecs_service.backend,\n\nInvalidParameterException: no\n",
+        );
+        assert_eq!(f.already_exists(), vec![r#"aws_vpc_security_group_ingress_rule.ecs_tasks_from_cidr["0.0.0.0/0"]"#]);
     }
 
     #[test]
