@@ -4,7 +4,20 @@
 use std::io::Read;
 use std::process::{Command, Stdio};
 
-const VERBS: &[&str] = &["all", "infra", "import", "image", "backend-url", "status", "sandbox", "whoami", "doctor"];
+const VERBS: &[&str] = &[
+    "all",
+    "infra",
+    "import",
+    "image",
+    "backend-url",
+    "status",
+    "history",
+    "rollback",
+    "logs",
+    "sandbox",
+    "whoami",
+    "doctor",
+];
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_casey-deploy"))

@@ -280,6 +280,33 @@ fn with_a_docker_engine_the_tasks_are_containers_of_the_pushed_image() {
     let ps = Command::new("docker").args(["ps", "--format", "{{.Image}} {{.Names}}"]).output().unwrap();
     let ps = String::from_utf8_lossy(&ps.stdout);
     assert!(ps.lines().any(|l| l.contains("casey-backend") && l.contains("casey-task-")), "no task container: {ps}");
+    let good = project.casey(&["status", "--local", "--json"], &[]);
+    let good: serde_json::Value = serde_json::from_str(&good.stdout).unwrap_or_else(|e| panic!("{e}: {}", good.all()));
+
+    // A release whose task exits at start (a setting in its image the backend refuses): the rollout
+    // fails with the task's own last log lines, ECS's rollback is recorded, and the release before
+    // it stays live and answers.
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM scratch\nCOPY rootfs/ /\nENV CASEY_SHUTDOWN_TIMEOUT_SECS=999\nENTRYPOINT [\"/usr/local/bin/casey-backend\"]\n",
+    )
+    .unwrap();
+    let bad = project.casey(&["image", "--local", "--context", &context_arg, "--tag", "exits-at-start"], &[]);
+    bad.assert_fails_with("step `rollout`");
+    bad.assert_fails_with("failed and ECS rolled back to the release before it");
+    assert!(bad.stderr.contains("CASEY_SHUTDOWN_TIMEOUT_SECS"), "the stopped task's own log lines: {}", bad.stderr);
+    let history = project.casey(&["history", "--local", "--json"], &[]);
+    history.assert_ok();
+    let history: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    let entries = history.as_array().unwrap();
+    let failed = entries.iter().find(|e| e["tag"] == "exits-at-start").unwrap_or_else(|| panic!("{history}"));
+    assert_eq!(failed["outcome"], "failed", "{history}");
+    let live = entries.iter().find(|e| e["live"] == true).unwrap_or_else(|| panic!("{history}"));
+    assert_eq!(live["digest"], good["image_digest"], "{history}");
+    let url = printed_url(&project.casey(&["backend-url", "--local"], &[]), "BACKEND_WS_URL");
+    assert_backend_answers(&url);
+    let again = project.casey(&["infra", "--local"], &[]);
+    assert!(again.ok() && again.stderr.contains("No changes"), "{}", again.all());
     project.assert_real_state_untouched();
     project.casey(&["sandbox", "down"], &[]).assert_ok();
     let ps = Command::new("docker").args(["ps", "--format", "{{.Names}}"]).output().unwrap();
