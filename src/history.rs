@@ -51,14 +51,30 @@ impl Entry {
     }
 }
 
+/// What `history` and `rollback` read: the stack's repository, its releases with their
+/// outcomes (newest first), and what ECS runs.
+pub struct Releases {
+    pub repo: Repository,
+    pub entries: Vec<Entry>,
+    pub live: Option<Live>,
+}
+
+impl Releases {
+    pub fn load(ctx: &Ctx) -> Result<Releases> {
+        let map = outputs::load_map(&ctx.terraform(&crate::terraform::Vars::default()))?;
+        let parameter = release::parameter(&map)?;
+        let outputs = Outputs::from_map(&map)?;
+        let repo = Repository::from_map(&map, &outputs.aws_region)?;
+        let versions = release::history(ctx, &outputs.aws_region, &parameter)?;
+        let live = rollout::live(ctx, &outputs)?;
+        let entries = entries(&versions, live.as_ref());
+        Ok(Releases { repo, entries, live })
+    }
+}
+
 pub fn run(ctx: &Ctx, limit: usize) -> Result<()> {
-    let map = outputs::load_map(&ctx.terraform(&crate::terraform::Vars::default()))?;
-    let parameter = release::parameter(&map)?;
-    let outputs = Outputs::from_map(&map)?;
-    let repo = Repository::from_map(&map, &outputs.aws_region)?;
-    let versions = release::history(ctx, &outputs.aws_region, &parameter)?;
-    let live = rollout::live(ctx, &outputs)?;
-    let entries: Vec<Entry> = entries(&versions, live.as_ref()).into_iter().take(limit).collect();
+    let Releases { repo, entries, .. } = Releases::load(ctx)?;
+    let entries: Vec<Entry> = entries.into_iter().take(limit).collect();
     let in_ecr = ctx.block_on(crate::ecr::digests(&ctx.ecr(&repo.region), repo.name()))?;
     if entries.is_empty() {
         say!("no release yet: `casey-deploy image` (or `all`) deploys the first");

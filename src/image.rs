@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use crate::context::Ctx;
 use crate::docker::Image;
 use crate::infra;
-use crate::outputs::{self, Outputs};
+use crate::outputs::{self, Outputs, Repository};
 use crate::publish::Pushed;
 use crate::release::{self, Record};
 use crate::rollout;
@@ -26,8 +26,8 @@ pub struct Options {
 
 /// `casey-deploy image`: publish (build, push), then deploy the release.
 pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
-    let (image, pushed) = crate::publish::publish(ctx, &args.publish)?;
-    let record = new_release(ctx, &image, &pushed)?;
+    let (image, pushed, repo) = crate::publish::publish(ctx, &args.publish)?;
+    let record = new_release(ctx, &repo, &image, &pushed);
     deploy(ctx, &args.infra, &args.rollout, record)?;
     crate::output::summary(pushed.to_json(&image));
     Ok(())
@@ -36,14 +36,14 @@ pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
 /// The release of a pushed image: by digest, in the stack's ECR repository
 /// (a digest names the same image in every registry; a push to `--registry`
 /// or the sandbox's registry lands behind ECR).
-pub fn new_release(ctx: &Ctx, image: &Image, pushed: &Pushed) -> Result<Record> {
-    Ok(Record::new(
-        format!("{}@{}", ctx.repository()?.url, pushed.digest),
+pub fn new_release(ctx: &Ctx, repo: &Repository, image: &Image, pushed: &Pushed) -> Record {
+    Record::new(
+        format!("{}@{}", repo.url, pushed.digest),
         image.tag.clone(),
         pushed.digest.clone(),
         "deploy",
         &ctx.identity.arn,
-    ))
+    )
 }
 
 /// Deploy `record`: write it to the release record, apply (the task

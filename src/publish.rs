@@ -144,13 +144,13 @@ pub fn push(ctx: &Ctx, built: &Built, repo: &Repository) -> Result<Pushed> {
 }
 
 /// The whole path, for `image`: method, build, push.
-pub fn publish(ctx: &Ctx, args: &Options) -> Result<(Image, Pushed)> {
+pub fn publish(ctx: &Ctx, args: &Options) -> Result<(Image, Pushed, Repository)> {
     let repo = ctx.repository()?;
     let source = Source::new(ctx, args)?;
     let method = method(ctx)?;
     let built = build(ctx, &method, image_for(ctx, source, args, &repo), false)?;
     let pushed = push(ctx, &built, &repo)?;
-    Ok((built.image().clone(), pushed))
+    Ok((built.image().clone(), pushed, repo))
 }
 
 fn first_line(text: &str) -> &str {

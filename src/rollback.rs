@@ -8,8 +8,6 @@ use anyhow::{bail, Result};
 
 use crate::context::Ctx;
 use crate::history;
-use crate::outputs::{self, Outputs, Repository};
-use crate::release;
 use crate::{infra, rollout, say};
 
 #[derive(Debug, Clone)]
@@ -20,13 +18,7 @@ pub struct Options {
 }
 
 pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
-    let map = outputs::load_map(&ctx.terraform(&crate::terraform::Vars::default()))?;
-    let parameter = release::parameter(&map)?;
-    let outputs = Outputs::from_map(&map)?;
-    let repo = Repository::from_map(&map, &outputs.aws_region)?;
-    let versions = release::history(ctx, &outputs.aws_region, &parameter)?;
-    let live = rollout::live(ctx, &outputs)?;
-    let entries = history::entries(&versions, live.as_ref());
+    let history::Releases { repo, entries, live, .. } = history::Releases::load(ctx)?;
     let target = history::target(&entries, args.to.as_deref())?;
     let current = entries.iter().find(|e| e.live);
     if let Some(current) = current.filter(|c| c.record.image == target.record.image) {

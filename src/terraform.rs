@@ -489,7 +489,7 @@ impl Failure {
         let exists = |l: &str| l.contains("already exists") || l.contains("AlreadyExists") || l.contains(".Duplicate");
         let mut addresses = Vec::new();
         let mut block: Option<(bool, Option<String>)> = None;
-        let mut close = |block: Option<(bool, Option<String>)>, addresses: &mut Vec<String>| {
+        let close = |block: Option<(bool, Option<String>)>, addresses: &mut Vec<String>| {
             if let Some((true, Some(address))) = block {
                 if !addresses.contains(&address) {
                     addresses.push(address);
