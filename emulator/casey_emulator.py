@@ -1909,6 +1909,10 @@ def control(request: Request) -> tuple[int, object]:
                 SNAPSHOTS.clear()
             READ_LAG["seconds"] = float(seconds)
         return 200, {"seconds": READ_LAG["seconds"]}
+    if route == ("GET", "/_casey/ecs/rollout-seconds"):
+        return 200, {"seconds": ROLLOUT_SECONDS}
+    if route == ("POST", "/_casey/ecs/rollout-seconds"):
+        return set_rollout_seconds(body.get("seconds") if isinstance(body, dict) else None)
     if route == ("GET", "/_casey/faults"):
         now = time.monotonic()
         with FAULTS_LOCK:
@@ -1925,6 +1929,15 @@ def control(request: Request) -> tuple[int, object]:
     if route == ("POST", "/_casey/runner"):
         return configure_runner(body if isinstance(body, dict) else {"mode": None})
     return 404, {"error": f"no control endpoint {request.method} {request.path}"}
+
+
+def set_rollout_seconds(seconds) -> tuple[int, dict]:
+    """POST /_casey/ecs/rollout-seconds: how long a task stays PENDING after its launch (--rollout-seconds)."""
+    global ROLLOUT_SECONDS
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 600:
+        return 400, {"error": "body must be {\"seconds\": S} with 0 <= S <= 600"}
+    ROLLOUT_SECONDS = float(seconds)
+    return 200, {"seconds": ROLLOUT_SECONDS}
 
 
 def set_iam_propagation(seconds) -> tuple[int, dict]:

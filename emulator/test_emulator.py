@@ -613,6 +613,24 @@ def test_describe_services_lags_on_request(emulator, net):
     ecs.delete_service(cluster="casey", service="lagged", force=True)
 
 
+def test_rollout_seconds_keep_new_tasks_pending(emulator, net):
+    for body in ({"seconds": -1}, {"seconds": "2"}, {"seconds": True}, {}):
+        assert control(emulator, "/_casey/ecs/rollout-seconds", body)[0] == 400
+    default = control(emulator, "/_casey/ecs/rollout-seconds")[1]["seconds"]
+    assert control(emulator, "/_casey/ecs/rollout-seconds", {"seconds": 600}) == (200, {"seconds": 600.0})
+    try:
+        create_service(emulator, net, "slow", desired=1)
+        pending = lambda: [t["lastStatus"] for t in service_tasks(emulator, "slow")] == ["PENDING"]  # noqa: E731
+        assert wait_for(pending)
+        time.sleep(default + 1)
+        assert pending()
+        assert describe(emulator, "slow")["deployments"][0]["rolloutState"] == "IN_PROGRESS"
+    finally:
+        assert control(emulator, "/_casey/ecs/rollout-seconds", {"seconds": default})[0] == 200
+    assert wait_for(lambda: settled(emulator, "slow"))
+    client(emulator, "ecs").delete_service(cluster="casey", service="slow", force=True)
+
+
 def test_ecs_answers_match_the_api_model(emulator, net):
     """Every field of these answers has the type of botocore's ECS model (moto's RunTask containers had
     cpu/memory as numbers where the API has strings, and the task definition's ARN as taskArn)."""

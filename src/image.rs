@@ -94,12 +94,10 @@ pub fn deploy(ctx: &Ctx, infra_args: &infra::Options, args: &rollout::Options, m
         say!("--no-wait: ECS deployment {id} started; not following it (`casey-deploy status` shows it)");
         return Ok(outputs);
     }
-    let Err(failure) = rollout::follow(ctx, &outputs, &id, args) else { return Ok(outputs) };
+    let followed = crate::process::deferring(|| rollout::follow(ctx, &outputs, &id, args));
+    let Err(failure) = followed else { return Ok(outputs) };
     if failure.downcast_ref::<crate::process::Interrupted>().is_some() {
-        warn!(
-            "the ECS deployment {id} keeps running without being followed: `casey-deploy status` shows it, `casey-deploy rollback` puts the release before v{version} back"
-        );
-        return Err(failure);
+        return Err(interrupted(ctx, infra_args, args, &record, version, &id, failure));
     }
     // ECS's circuit breaker put the previous task definition back: record
     // what runs, and make Terraform's task definition agree with it.
@@ -141,6 +139,52 @@ pub fn deploy(ctx: &Ctx, infra_args: &infra::Options, args: &rollout::Options, m
         "release v{version} ({}) failed and ECS rolled back to the release before it: `casey-deploy history` shows both, `casey-deploy logs --since 15m` the failed tasks' output",
         record.tag
     )))
+}
+
+/// The user interrupted the rollout of release `version` (deployment `id`).
+/// On a terminal they choose: roll back now, or leave it running; without
+/// one (or when the release is itself a rollback) it is left running. ECS
+/// goes on either way, so the command that rolls back is always named.
+fn interrupted(
+    ctx: &Ctx,
+    infra_args: &infra::Options,
+    args: &rollout::Options,
+    record: &Record,
+    version: i64,
+    id: &str,
+    failure: anyhow::Error,
+) -> anyhow::Error {
+    use std::io::{BufRead, IsTerminal, Write};
+    let left = format!(
+        "the ECS deployment {id} of release v{version} keeps running without being followed: `casey-deploy status` shows it, `casey-deploy rollback` puts the release before it back"
+    );
+    if record.action == "rollback" || !std::io::stdin().is_terminal() {
+        warn!("{left}");
+        return failure;
+    }
+    crate::prompt!(
+        "Release v{version} ({}) is still rolling out. Roll back to the release before it now, or leave it running? Type `rollback` to roll back [leave it]: ",
+        record.tag
+    );
+    std::io::stderr().flush().ok();
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).is_err() || answer.trim() != "rollback" {
+        warn!("{left}");
+        return failure;
+    }
+    crate::process::clear_interrupt();
+    let back = crate::rollback::Options { to: None, rollout: args.clone(), infra: infra_args.clone() };
+    match crate::rollback::back(ctx, &back, "interrupted") {
+        Ok(Some((to, back))) => anyhow::anyhow!(
+            "release v{version} ({}) was not deployed: its rollout was interrupted and release v{to} ({}) was put back; `casey-deploy history` shows both",
+            record.tag,
+            back.tag
+        ),
+        Ok(None) => anyhow::anyhow!("release v{version} ({}) was not deployed: its rollout was interrupted", record.tag),
+        Err(e) => e.context(format!(
+            "the rollout of release v{version} was interrupted, and the rollback failed; `casey-deploy status` shows what runs, `casey-deploy rollback` tries again"
+        )),
+    }
 }
 
 /// The deployment the apply started: a PRIMARY other than `before`. When the

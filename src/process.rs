@@ -15,7 +15,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
@@ -27,6 +27,8 @@ static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// process exits from the signal handler, where no destructor runs.
 static REMOVE_ON_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
+/// Set while a step can stop where it stands on its own (see [`deferring`]).
+static DEFERRING: AtomicBool = AtomicBool::new(false);
 
 /// Variables to set (`Some`) or remove (`None`) in every child's environment,
 /// asked for again before each start (so credentials can be refreshed).
@@ -109,7 +111,12 @@ pub fn install_signal_handler() -> Result<()> {
             // Under the lock: a child registering now either is in the list
             // (and gets the signal here) or sees the flag (and gets it there).
             let pids = CHILD_PIDS.lock().unwrap_or_else(|e| e.into_inner());
-            INTERRUPTED_BY.store(signal, Ordering::SeqCst);
+            let again = INTERRUPTED_BY.swap(signal, Ordering::SeqCst) != 0;
+            if pids.is_empty() && DEFERRING.load(Ordering::SeqCst) && !again {
+                drop(pids);
+                crate::say!("casey-deploy: interrupt received; stopping (a second one exits at once)");
+                continue;
+            }
             if pids.is_empty() {
                 drop(pids);
                 crate::say!("casey-deploy: {}", Interrupted::new(signal));
@@ -169,6 +176,41 @@ pub fn check_interrupted() -> Result<()> {
     match INTERRUPTED_BY.load(Ordering::SeqCst) {
         0 => Ok(()),
         signal => Err(Interrupted::new(signal).into()),
+    }
+}
+
+/// Run `f`, a step that polls [`check_interrupted`] (or [`pause`]s) and can
+/// say what it leaves behind: while it runs, a first SIGINT/SIGTERM no longer
+/// ends the process at once but makes those fail with [`Interrupted`]. A
+/// second signal still ends the process at once.
+pub fn deferring<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DEFERRING.store(self.0, Ordering::SeqCst);
+        }
+    }
+    let _reset = Reset(DEFERRING.swap(true, Ordering::SeqCst));
+    f()
+}
+
+/// Forget an interrupt that was handled (the user chose what happens next),
+/// so the steps that follow run.
+pub fn clear_interrupt() {
+    INTERRUPTED_BY.store(0, Ordering::SeqCst);
+}
+
+/// Sleep for `duration`, failing with [`Interrupted`] as soon as a signal
+/// arrives.
+pub fn pause(duration: std::time::Duration) -> Result<()> {
+    let end = std::time::Instant::now() + duration;
+    loop {
+        check_interrupted()?;
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_millis(100)));
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 
 use crate::context::Ctx;
 use crate::history;
+use crate::release::Record;
 use crate::{infra, rollout, say};
 
 #[derive(Debug, Clone)]
@@ -18,13 +19,24 @@ pub struct Options {
 }
 
 pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
+    let Some((version, record)) = back(ctx, args, "rollback")? else { return Ok(()) };
+    crate::output::summary(serde_json::json!({
+        "image": record.image, "tag": record.tag, "digest": record.digest, "rolled_back_to": version,
+    }));
+    Ok(())
+}
+
+/// Deploy the release `args` names (or the one before the live one) again,
+/// recording `reason` (`rollback`, `interrupted`). Returns the version rolled
+/// back to and its record; `None` when it is already live.
+pub fn back(ctx: &Ctx, args: &Options, reason: &str) -> Result<Option<(i64, Record)>> {
     let history::Releases { repo, entries, live, .. } = history::Releases::load(ctx)?;
     let target = history::target(&entries, args.to.as_deref())?;
     let current = entries.iter().find(|e| e.live);
     if let Some(current) = current.filter(|c| c.record.image == target.record.image) {
         if live.as_ref().and_then(|l| l.rollout_state.as_deref()) == Some("completed") {
             say!("release v{} ({}) is already live: nothing to roll back", current.version, current.record.tag);
-            return Ok(());
+            return Ok(None);
         }
     }
     let digest = &target.record.digest;
@@ -38,6 +50,7 @@ pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
     }
     let mut record = target.record.again(&ctx.identity.arn);
     record.from = current.map(|c| c.version);
+    record.reason = Some(reason.to_owned());
     say!(
         "==> rolling back{} to release v{} ({} {digest})",
         current.map(|c| format!(" from v{} ({})", c.version, c.record.tag)).unwrap_or_default(),
@@ -45,8 +58,5 @@ pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
         target.record.tag
     );
     crate::image::deploy(ctx, &args.infra, &args.rollout, record.clone())?;
-    crate::output::summary(serde_json::json!({
-        "image": record.image, "tag": record.tag, "digest": record.digest, "rolled_back_to": target.version,
-    }));
-    Ok(())
+    Ok(Some((target.version, record)))
 }

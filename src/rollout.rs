@@ -172,7 +172,7 @@ pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &Options) -> Result<
     let mut superseded_reads = 0;
     let mut failing_since: Option<Instant> = None;
     loop {
-        crate::process::check_interrupted()?;
+        crate::process::check_interrupted().inspect_err(|_| progress.finish())?;
         let service = match describe_raw(ctx, &ecs, outputs) {
             Ok(service) => {
                 failing_since = None;
@@ -266,9 +266,10 @@ pub fn follow(ctx: &Ctx, outputs: &Outputs, id: &str, args: &Options) -> Result<
         // Fast at first (the emulator and small services settle in seconds),
         // gentler on the API during long rollouts.
         let pause = if start.elapsed() < Duration::from_secs(30) { 1 } else { 3 };
-        std::thread::sleep(
+        crate::process::pause(
             Duration::from_secs(pause).min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(200)),
-        );
+        )
+        .inspect_err(|_| progress.finish())?;
     }
 }
 

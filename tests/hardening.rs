@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{copy_terraform, drain, Emulator, Keys, Project, Run};
+use common::{copy_terraform, drain, pty, wait_for, Emulator, Keys, Project, Run};
 
 /// A secret that only these tests use, beside the emulator's.
 const OTHER_SECRET: &str = "hardeningTestSecretValue/0123456789abcdefXYZ";
@@ -50,23 +50,6 @@ fn run_with_limit(mut cmd: Command, limit: Duration) -> (Run, Duration) {
         stderr: err.lock().unwrap().clone(),
     };
     (run, elapsed)
-}
-
-/// Wait until `text` holds `needle` (or the child ended, or `limit` passed).
-#[track_caller]
-fn wait_for(child: &mut Child, text: &Arc<Mutex<String>>, needle: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while !text.lock().unwrap().contains(needle) {
-        if let Ok(Some(status)) = child.try_wait() {
-            std::thread::sleep(Duration::from_millis(200));
-            panic!("casey-deploy ended ({status}) before printing `{needle}`:\n{}", text.lock().unwrap());
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("no `{needle}` in {limit:?}:\n{}", text.lock().unwrap());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn plan_dirs(tf_dir: &Path) -> Vec<PathBuf> {
@@ -209,23 +192,6 @@ fn an_env_file_that_is_not_a_small_regular_file_is_refused_at_once() {
 }
 
 // ------------------------------------------------------------- 6. plan files
-
-/// A pseudo-terminal: the master end (kept open by the test) and a file for
-/// the child's stdin on the other end, so the tool asks its question.
-fn pty() -> (std::fs::File, std::fs::File) {
-    use std::os::fd::FromRawFd;
-    unsafe {
-        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
-        assert!(master >= 0, "posix_openpt failed");
-        assert_eq!(libc::grantpt(master), 0);
-        assert_eq!(libc::unlockpt(master), 0);
-        let mut name = [0 as libc::c_char; 128];
-        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
-        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
-        assert!(slave >= 0, "cannot open the pty's slave end");
-        (std::fs::File::from_raw_fd(master), std::fs::File::from_raw_fd(slave))
-    }
-}
 
 #[test]
 fn sigint_at_the_apply_prompt_leaves_no_plan_file() {

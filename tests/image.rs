@@ -23,16 +23,20 @@ use serde_json::Value;
 use sha1::Digest as _;
 
 use common::docker::{http_get, registry, registry_auth, stdout_value, unique, unique_context, REGISTRY_PASSWORD};
-use common::{Emulator, Project};
+use common::{drain, Emulator, Project};
 
 const REPOSITORY: &str = "casey-backend";
 /// The emulated ECR registry of the default account and region.
 const ECR: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 
-/// Tags of the repository, read through the registry's HTTP API.
+/// Tags of the repository, read through the registry's HTTP API; none when
+/// nothing was ever pushed to it (the registry answers 404 NAME_UNKNOWN).
 fn registry_tags(registry: &str) -> Vec<String> {
     let auth = registry_auth();
     let (status, _, body) = http_get(registry, &format!("/v2/{REPOSITORY}/tags/list"), &[("Authorization", &auth)]);
+    if status == 404 && body.contains("NAME_UNKNOWN") {
+        return Vec::new();
+    }
     assert_eq!(status, 200, "tags/list: {body}");
     let json: Value = serde_json::from_str(&body).unwrap();
     json["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()
@@ -380,6 +384,45 @@ fn docker_problems_are_clear_errors() {
     // No --tag outside a git repository: the tool says how to choose one.
     let run = project.casey(&["image", "--registry", &registry, "--context", &context]);
     run.assert_fails_with("pass an immutable tag with --tag TAG");
+
+    // A git working tree with uncommitted changes: refused before anything is built, unless --allow-dirty.
+    let repo = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&context).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, repo.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=casey test", "-c", "user.email=test@casey.invalid", "-c", "commit.gpgsign=false"])
+            .arg("-C")
+            .arg(repo.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "a release"]);
+    let sha = git(&["rev-parse", "--short", "HEAD"]);
+    std::fs::write(repo.path().join("hello.txt"), format!("not committed {}\n", unique("dirty"))).unwrap();
+    let dirty = context_arg(repo.path());
+    let run = project.casey(&["image", "--registry", &registry, "--context", &dirty]);
+    run.assert_fails_with(&format!(
+        "has uncommitted changes, so its commit {sha} does not describe what would be built"
+    ));
+    run.assert_fails_with("--allow-dirty");
+    assert!(!run.stderr.contains("docker build"), "nothing was built: {}", run.stderr);
+    assert!(!registry_tags(&registry).iter().any(|t| t.starts_with(&sha)), "nothing was pushed");
+    let run = project.casey(&["image", "--registry", &registry, "--context", &dirty, "--allow-dirty"]);
+    assert!(run.stderr.contains(&format!("building them as {sha}-dirty-")), "{}", run.all());
+    let pushed: Vec<String> = registry_tags(&registry).into_iter().filter(|t| t.starts_with(&sha)).collect();
+    assert!(
+        pushed.len() == 1 && pushed[0].starts_with(&format!("{sha}-dirty-")),
+        "the one-off tag was pushed: {pushed:?}\n{}",
+        run.all()
+    );
 }
 
 #[test]
@@ -638,4 +681,140 @@ fn deploy_flow() {
     let start = Instant::now();
     project.casey(&["backend-url", "--wait", "3"]).assert_fails_with("no running task");
     assert!(start.elapsed() >= Duration::from_secs(3), "--wait waited");
+}
+
+/// The service's deployments as ECS lists them: (status, rollout state, image of its task definition).
+fn deployments(emulator: &Emulator) -> Vec<(String, String, String)> {
+    let services = emulator.aws(&["ecs", "describe-services", "--cluster", "casey", "--services", "casey-backend"]);
+    let deployments = services["services"][0]["deployments"].as_array().unwrap().clone();
+    deployments
+        .iter()
+        .map(|d| {
+            let td = emulator.aws(&[
+                "ecs",
+                "describe-task-definition",
+                "--task-definition",
+                d["taskDefinition"].as_str().unwrap(),
+            ]);
+            (
+                d["status"].as_str().unwrap_or_default().to_owned(),
+                d["rolloutState"].as_str().unwrap_or_default().to_owned(),
+                td["taskDefinition"]["containerDefinitions"][0]["image"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A release whose rollout is interrupted: without a terminal it keeps
+/// rolling out and the tool names the rollback command; on a terminal the
+/// user can choose to roll back, and the release before it is live again.
+#[test]
+fn an_interrupted_rollout_is_left_running_or_rolled_back_when_asked() {
+    let registry = registry();
+    let emulator = Emulator::start();
+    emulator.control("POST", "/_casey/ecr/registry", &serde_json::json!({ "registry": registry }));
+    let project = Project::new(&emulator);
+    project.apply_stack(&emulator);
+    let (_dir, context) = unique_context();
+    let image = |tag: &str| {
+        let mut cmd = project.command(&[
+            "image",
+            "--registry",
+            &registry,
+            "--context",
+            &context_arg(&context),
+            "--tag",
+            tag,
+            "--timeout",
+            "300",
+        ]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    };
+    let rollout_seconds = |seconds: u64| {
+        emulator.control("POST", "/_casey/ecs/rollout-seconds", &serde_json::json!({ "seconds": seconds }));
+    };
+    let ecr_image = |tag: &str| format!("{ECR}/{REPOSITORY}@{}", registry_digest(&registry, tag));
+    let (one, two, three) = (unique("one"), unique("two"), unique("three"));
+    let run = project.casey(&["image", "--registry", &registry, "--context", &context_arg(&context), "--tag", &one]);
+    run.assert_ok();
+
+    // --- no terminal: the deployment keeps running, the rollback command is named.
+    rollout_seconds(600);
+    std::fs::write(context.join("hello.txt"), format!("release {two}\n")).unwrap();
+    let mut child = image(&two).stdin(Stdio::null()).spawn().unwrap();
+    let (stdout, stderr) = (drain(child.stdout.take().unwrap()), drain(child.stderr.take().unwrap()));
+    common::wait_for(&mut child, &stderr, "rollout IN_PROGRESS", Duration::from_secs(300));
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let run = common::Run {
+        code: status.code(),
+        stdout: stdout.lock().unwrap().clone(),
+        stderr: stderr.lock().unwrap().clone(),
+    };
+    assert_eq!(run.code, Some(130), "{}", run.all());
+    run.assert_no_secrets(&extra_secrets());
+    assert!(run.stderr.contains("keeps running without being followed"), "{}", run.stderr);
+    assert!(run.stderr.contains("`casey-deploy rollback` puts the release before it back"), "{}", run.stderr);
+    assert!(!run.stderr.contains("Type `rollback`"), "no question without a terminal: {}", run.stderr);
+    let primary = deployments(&emulator).into_iter().find(|d| d.0 == "PRIMARY").unwrap();
+    assert_eq!(primary, ("PRIMARY".into(), "IN_PROGRESS".into(), ecr_image(&two)), "ECS goes on with it");
+    rollout_seconds(1);
+    wait_until("the interrupted release to complete on its own", 120, || {
+        deployments(&emulator) == vec![("PRIMARY".into(), "COMPLETED".into(), ecr_image(&two))]
+    });
+    assert_eq!(history_of(&project)[0]["tag"], two.as_str());
+    assert_eq!(history_of(&project)[0]["live"], true);
+
+    // --- a terminal: asked, the user rolls back; the release before it is live again.
+    rollout_seconds(600);
+    std::fs::write(context.join("hello.txt"), format!("release {three}\n")).unwrap();
+    let (mut master, slave) = common::pty();
+    let mut child = image(&three).stdin(Stdio::from(slave)).spawn().unwrap();
+    let (stdout, stderr) = (drain(child.stdout.take().unwrap()), drain(child.stderr.take().unwrap()));
+    common::wait_for(&mut child, &stderr, "rollout IN_PROGRESS", Duration::from_secs(300));
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    common::wait_for(&mut child, &stderr, "Type `rollback` to roll back", Duration::from_secs(30));
+    rollout_seconds(1);
+    master.write_all(b"rollback\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the rollback did not end:\n{}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let run = common::Run {
+        code: status.code(),
+        stdout: stdout.lock().unwrap().clone(),
+        stderr: stderr.lock().unwrap().clone(),
+    };
+    assert_eq!(run.code, Some(1), "the release was not deployed: {}", run.all());
+    run.assert_no_secrets(&extra_secrets());
+    assert!(run.stderr.contains(&format!("rolling back from v")), "{}", run.stderr);
+    assert!(run.stderr.contains("COMPLETED: 1/1 task(s) running"), "the rollback is followed: {}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("its rollout was interrupted and release v"))
+            && run.stderr.contains(&format!("({two}) was put back")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(deployments(&emulator), vec![("PRIMARY".into(), "COMPLETED".into(), ecr_image(&two))]);
+    let history = history_of(&project);
+    assert_eq!(
+        (history[0]["tag"].as_str(), history[0]["live"].as_bool()),
+        (Some(two.as_str()), Some(true)),
+        "{history:?}"
+    );
+    assert_eq!((history[0]["action"].as_str(), history[0]["reason"].as_str()), (Some("rollback"), Some("interrupted")));
+    assert_eq!(
+        (history[1]["tag"].as_str(), history[1]["outcome"].as_str()),
+        (Some(three.as_str()), Some("rolled back"))
+    );
+    let run = project.casey(&["infra"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("No changes"), "Terraform agrees with the rollback: {}", run.stderr);
 }

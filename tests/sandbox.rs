@@ -64,6 +64,27 @@ impl LocalProject {
         }
     }
 
+    /// The aws CLI against the running sandbox, as its admin.
+    fn aws(&self, args: &[&str]) -> serde_json::Value {
+        let seed = std::fs::read_to_string(self.path().join(".casey/sandbox/seed.json")).unwrap();
+        let seed: serde_json::Value = serde_json::from_str(&seed).unwrap();
+        let admin = &seed["users"]["casey_aniruddh"];
+        let out = Command::new(common::python())
+            .args(["-m", "awscli", "--endpoint-url", seed["endpoint_url"].as_str().unwrap()])
+            .args(["--region", "us-east-1", "--output", "json"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", admin["access_key_id"].as_str().unwrap())
+            .env("AWS_SECRET_ACCESS_KEY", admin["secret_access_key"].as_str().unwrap())
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .output()
+            .expect("cannot run the aws CLI");
+        assert!(out.status.success(), "aws {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
     fn assert_real_state_untouched(&self) {
         let tf = self.path().join("terraform");
         assert_eq!(std::fs::read_to_string(tf.join("terraform.tfstate")).unwrap(), REAL_STATE);
@@ -212,6 +233,26 @@ fn all_local_deploys_a_backend_that_answers_and_leaves_the_real_state_alone() {
     let url2 = printed_url(&project.casey(&["backend-url", "--local"], &[]), "BACKEND_WS_URL");
     assert_backend_answers(&url2);
     project.assert_real_state_untouched();
+
+    // A release whose image ECR no longer holds (expired, deleted) is listed as such and refused.
+    let second = pushed["digest"].as_str().unwrap();
+    project.aws(&[
+        "ecr",
+        "batch-delete-image",
+        "--repository-name",
+        "casey-backend",
+        "--image-ids",
+        &format!("imageDigest={second}"),
+    ]);
+    let history = project.casey(&["history", "--local", "--json"], &[]);
+    let history: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    let gone = history.as_array().unwrap().iter().find(|e| e["digest"] == second).unwrap();
+    assert_eq!(gone["in_ecr"], false, "{history}");
+    let refused = project.casey(&["rollback", "--local", "--to", "second-build"], &[]);
+    refused.assert_fails_with("can no longer be deployed: ECR repository casey-backend does not hold that image");
+    let status = project.casey(&["status", "--local", "--json"], &[]);
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(doc["image_digest"], first["image_digest"], "nothing changed: {doc}");
 
     // Down: the task processes are gone with the emulator.
     project.casey(&["sandbox", "down"], &[]).assert_ok();

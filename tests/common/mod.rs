@@ -495,3 +495,42 @@ pub fn drain(mut pipe: impl std::io::Read + Send + 'static) -> std::sync::Arc<st
     });
     text
 }
+
+/// A pseudo-terminal: the master end (kept open by the test) and a file for
+/// the child's stdin on the other end, so the tool asks its question.
+pub fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt failed");
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(slave >= 0, "cannot open the pty's slave end");
+        (std::fs::File::from_raw_fd(master), std::fs::File::from_raw_fd(slave))
+    }
+}
+
+/// Wait until `text` holds `needle` (or the child ended, or `limit` passed).
+#[track_caller]
+pub fn wait_for(
+    child: &mut std::process::Child,
+    text: &std::sync::Arc<std::sync::Mutex<String>>,
+    needle: &str,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    while !text.lock().unwrap().contains(needle) {
+        if let Ok(Some(status)) = child.try_wait() {
+            std::thread::sleep(Duration::from_millis(200));
+            panic!("casey-deploy ended ({status}) before printing `{needle}`:\n{}", text.lock().unwrap());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no `{needle}` in {limit:?}:\n{}", text.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
