@@ -52,6 +52,10 @@ JUSTIFIED: dict[tuple[str, str, str], str] = {
         "the backend invokes foundation models and inference profiles only; the other resource types "
         "InvokeModel can touch (async-invoke, imported/provisioned/custom models, prompt routers, marketplace "
         "endpoints) are deliberately not granted",
+    ("casey-terraform-admin", "RESOURCE_POLICY_PRIVILEGE_ESCALATION", "arn:aws:s3:::casey-tfstate-"):
+        "s3:PutBucketPolicy on the state bucket is how `state bootstrap` sets its TLS-only, no-delete policy; "
+        "the bucket holds only this stack's state, which the admin already reads and writes, so a policy the "
+        "admin could write there grants it nothing outside its own stack",
     ("casey-terraform-admin-ecs", "RESOURCE_STAR", "ecs:ListTasks"):
         "ListTasks scopes only to container instances, which Fargate has none of; AWS's own example limits it "
         "with the ecs:cluster condition (the stack's cluster), as this statement does",

@@ -48,6 +48,11 @@ Gaps filled, each because a real client trips over it:
    rule can be switched off only through POST /_casey/rules. moto's RunTask containers get the API's shape.
 9. On request: DescribeServices answers with the state of S seconds ago (ECS is eventually consistent), and
    faults (5xx, throttling, latency, dropped connections) per service and action.
+10. S3 GetBucketVersioning answers with AWS's <VersioningConfiguration> root (moto's own root name fails the
+   Rust SDK's parser), and a bucket policy's conditions are evaluated (moto treats Bool as always met, so a
+   TLS-only policy denied every request) against the context of an HTTPS request. Under IAM enforcement an
+   S3 request is authorised as the IAM action AWS checks (moto names some that IAM has not), and a query
+   string with encoded characters (terraform's `prefix=env%3A%2F`) passes the signature check.
 
 on_task_started() / on_task_stopped() are called for every task that reaches RUNNING and for its stop; they
 only log. The runner itself starts at launch (PENDING) and stops with the task, see TaskRun.
@@ -109,7 +114,8 @@ from moto.ecs.models import Task, ecs_backends  # noqa: E402
 from moto.ecr.models import ECRBackend as EcrBackend, Image as EcrImage, ecr_backends  # noqa: E402
 from moto.ecr.responses import ECRResponse  # noqa: E402
 from moto.ecs.responses import DESCRIBE_SERVICES_TAGS, EC2ContainerServiceResponse  # noqa: E402
-from moto.iam.access_control import AssumedRoleAccessKey, IAMPolicyStatement, IAMUserAccessKey  # noqa: E402
+from moto.iam.access_control import AssumedRoleAccessKey, IAMPolicy, IAMPolicyStatement, IAMUserAccessKey  # noqa: E402
+from moto.iam.access_control import IAMRequestBase, PermissionResult  # noqa: E402
 from moto.iam.exceptions import LimitExceededException  # noqa: E402
 from moto.iam.models import IAMBackend, iam_backends  # noqa: E402
 from moto.logs.exceptions import InvalidParameterException as LogsInvalidParameter  # noqa: E402
@@ -117,6 +123,8 @@ from moto.logs.exceptions import ResourceNotFoundException as LogsNotFound  # no
 from moto.logs.models import logs_backends  # noqa: E402
 from moto.logs.responses import LogsResponse  # noqa: E402
 from moto.moto_api import state_manager  # noqa: E402
+from moto.s3.models import FakeBucket  # noqa: E402
+from moto.s3.responses import S3Response  # noqa: E402
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # noqa: E402
 
 DEFAULT_USERS = ["casey_aniruddh", "casey_localdev_service"]
@@ -743,6 +751,128 @@ def _with_param(get_param, key, value):
 
 
 LogsResponse.filter_log_events = _filter_log_events
+
+
+# --- S3 GetBucketVersioning in AWS's shape -------------------------------------------------------------
+
+# AWS answers GetBucketVersioning with a <VersioningConfiguration> root, empty for a bucket whose versioning
+# was never set (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetBucketVersioning.html, "Response
+# Syntax"). moto 5.2.1 names the root <GetBucketVersioningResponse>, which botocore ignores but the Rust SDK
+# rejects (it checks the root element), so `state bootstrap` could not read a bucket's versioning.
+def _get_bucket_versioning(self):
+    status = self.backend.get_bucket_versioning(self.bucket_name)
+    inner = f"<Status>{escape(status)}</Status>" if status else ""
+    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            f'<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{inner}</VersioningConfiguration>')
+    return 200, {"Content-Type": "application/xml"}, body
+
+
+S3Response.get_bucket_versioning = _get_bucket_versioning
+
+
+# --- S3 bucket policy conditions ------------------------------------------------------------------------
+
+# moto evaluates a bucket policy on object reads and writes, but treats every condition operator except
+# StringEquals as met, so the standard TLS-only statement (Deny s3:* when Bool aws:SecureTransport is
+# "false", https://docs.aws.amazon.com/AmazonS3/latest/userguide/security-best-practices.html) denies every
+# request. Conditions are evaluated here as IAM does
+# (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_condition_operators.html):
+# a key missing from the request context makes the condition false. The context is that of the HTTPS
+# request every client makes to AWS (the emulator stands in for AWS's endpoints and is reached over
+# loopback HTTP only because it has no certificate). An operator not implemented here keeps a Deny in force
+# and an Allow out of it, so nothing is allowed that AWS might refuse.
+S3_REQUEST_CONTEXT = {"aws:SecureTransport": "true"}
+_S3_OPERATORS = {
+    "Bool": lambda expected, actual: str(expected).lower() == actual.lower(),
+    "StringEquals": lambda expected, actual: expected == actual,
+    "StringNotEquals": lambda expected, actual: expected != actual,
+}
+
+
+def _s3_conditions_hold(statement: dict) -> bool:
+    for operator, pairs in (statement.get("Condition") or {}).items():
+        test = _S3_OPERATORS.get(operator)
+        if test is None:
+            return statement.get("Effect") == "Deny"
+        for key, expected in pairs.items():
+            actual = S3_REQUEST_CONTEXT.get(key)
+            if actual is None:
+                return False
+            values = expected if isinstance(expected, list) else [expected]
+            combine = all if operator == "StringNotEquals" else any
+            if not combine(test(v, actual) for v in values):
+                return False
+    return True
+
+
+def bucket_get_permission(self, action: str, resource: str):
+    if self.policy is None:
+        return PermissionResult.NEUTRAL
+    statements = json.loads(self.policy.decode()).get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+    holding = [{k: v for k, v in s.items() if k != "Condition"} for s in statements if _s3_conditions_hold(s)]
+    return IAMPolicy(json.dumps({"Version": "2012-10-17", "Statement": holding})).is_action_permitted(action, resource)
+
+
+FakeBucket.get_permission = bucket_get_permission
+
+
+# --- S3 requests authorised as IAM's actions ------------------------------------------------------------
+
+# Under IAM enforcement moto authorises an S3 request as the action its ACTION_MAP names, and some of those
+# are not IAM actions at all, so a policy naming IAM's actions is refused (or a missing one let through).
+# Each API page's "Permissions" section names the action IAM checks: HeadBucket needs s3:ListBucket
+# (https://docs.aws.amazon.com/AmazonS3/latest/API/API_HeadBucket.html), Get/PutBucketEncryption
+# s3:Get/PutEncryptionConfiguration (API_GetBucketEncryption.html, API_PutBucketEncryption.html; moto
+# checked ListBucket and CreateBucket), Get/Put/DeletePublicAccessBlock s3:GetBucketPublicAccessBlock and
+# s3:PutBucketPublicAccessBlock (API_GetPublicAccessBlock.html, API_PutPublicAccessBlock.html,
+# API_DeletePublicAccessBlock.html).
+_S3_IAM_ACTIONS = {
+    ("BUCKET", "GET", "encryption"): "GetEncryptionConfiguration",
+    ("BUCKET", "PUT", "encryption"): "PutEncryptionConfiguration",
+    ("BUCKET", "DELETE", "encryption"): "PutEncryptionConfiguration",
+    ("BUCKET", "GET", "publicAccessBlock"): "GetBucketPublicAccessBlock",
+    ("BUCKET", "PUT", "publicAccessBlock"): "PutBucketPublicAccessBlock",
+    ("BUCKET", "DELETE", "publicAccessBlock"): "PutBucketPublicAccessBlock",
+}
+_moto_s3_set_action = S3Response._set_action
+
+
+def s3_set_action(self, action_resource_type: str, method: str, querystring: dict) -> None:
+    _moto_s3_set_action(self, action_resource_type, method, querystring)
+    if (action_resource_type, method) == ("BUCKET", "HEAD"):
+        self.data["Action"] = "ListBucket"
+    for (kind, verb, subresource), action in _S3_IAM_ACTIONS.items():
+        if (kind, verb) == (action_resource_type, method) and subresource in querystring:
+            self.data["Action"] = action
+
+
+S3Response._set_action = s3_set_action
+
+
+# --- SigV4 over the query string as the client sent it ---------------------------------------------------
+
+# SigV4's canonical query string URI-encodes each parameter name and value
+# (https://docs.aws.amazon.com/IAM/latest/UserGuide/create-signed-request.html, "canonical query string").
+# moto checks a signature against the URL its server hands it, with %3A and %2F already decoded, so a
+# request such as terraform's S3 backend listing `prefix=env%3A%2F` fails with SignatureDoesNotMatch under
+# IAM enforcement. Each name and value is encoded again, as the client encoded it, before the check.
+_moto_create_aws_request = IAMRequestBase._create_aws_request
+
+
+def create_aws_request(self):
+    path, _, query = self._path.partition("?")
+    if query:
+        pairs = []
+        for pair in query.split("&"):
+            name, eq, value = pair.partition("=")
+            encode = lambda text: urllib.parse.quote(urllib.parse.unquote(text), safe="-_.~")  # noqa: E731
+            pairs.append(f"{encode(name)}{eq}{encode(value)}")
+        self._path = f"{path}?{'&'.join(pairs)}"
+    return _moto_create_aws_request(self)
+
+
+IAMRequestBase._create_aws_request = create_aws_request
 
 
 # --- what a Fargate task needs before it can start -------------------------------------------------------

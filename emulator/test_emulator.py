@@ -1405,3 +1405,84 @@ def test_filter_log_events_honours_the_stream_prefix(emulator):
         logs.filter_log_events(logGroupName="/prefix-test", logStreamNamePrefix="backend/",
                                logStreamNames=["backend/app/one"])
 
+
+
+def test_bucket_versioning_answers_in_awss_shape(emulator):
+    """GetBucketVersioning's root is <VersioningConfiguration>, empty before versioning was set, as in AWS."""
+    s3 = client(emulator, "s3")
+    s3.create_bucket(Bucket="casey-versioning-shape")
+    bodies = []
+    s3.meta.events.register("after-call.s3.GetBucketVersioning",
+                            lambda http_response, **_: bodies.append(http_response.content))
+    assert "Status" not in s3.get_bucket_versioning(Bucket="casey-versioning-shape")
+    s3.put_bucket_versioning(Bucket="casey-versioning-shape", VersioningConfiguration={"Status": "Enabled"})
+    assert s3.get_bucket_versioning(Bucket="casey-versioning-shape")["Status"] == "Enabled"
+    roots = [body.split(b"?>", 1)[-1].strip().split(b" ", 1)[0] for body in bodies]
+    assert roots == [b"<VersioningConfiguration", b"<VersioningConfiguration"], bodies
+    assert bodies[0].endswith(b"></VersioningConfiguration>") and b"<Status>Enabled</Status>" in bodies[1]
+
+
+def test_bucket_policy_conditions_are_evaluated_as_for_https(emulator):
+    """A TLS-only Deny (Bool aws:SecureTransport "false") leaves HTTPS-equivalent requests alone; the same Deny
+    on "true" applies, so the condition is evaluated, not ignored; a Deny without a condition applies."""
+    s3 = client(emulator, "s3")
+    bucket = "casey-tls-only"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="k", Body=b"state")
+
+    def deny(condition=None):
+        statement = {"Sid": "D", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+                     "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}
+        if condition is not None:
+            statement["Condition"] = condition
+        s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
+
+    deny({"Bool": {"aws:SecureTransport": "false"}})
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"state"
+    deny({"Bool": {"aws:SecureTransport": "true"}})
+    with pytest.raises(botocore.exceptions.ClientError) as denied:
+        s3.get_object(Bucket=bucket, Key="k")
+    assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    deny({"StringEquals": {"aws:SourceVpce": "vpce-1"}})  # a key the request does not have: not met
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"state"
+    deny()
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.get_object(Bucket=bucket, Key="k")
+
+
+def test_s3_requests_are_authorised_as_iams_actions(emulator):
+    """Under enforcement HeadBucket needs s3:ListBucket, the encryption and public access block calls need
+    IAM's own action names; without them each is refused."""
+    bucket = "casey-s3-actions"
+    client(emulator, "s3").create_bucket(Bucket=bucket)
+    iam = client(emulator, "iam")
+    assert control(emulator, "/_casey/iam/propagation", {"seconds": 0})[0] == 200
+    calls = {
+        "s3:ListBucket": lambda s3: s3.head_bucket(Bucket=bucket),
+        "s3:PutEncryptionConfiguration": lambda s3: s3.put_bucket_encryption(
+            Bucket=bucket, ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}),
+        "s3:GetEncryptionConfiguration": lambda s3: s3.get_bucket_encryption(Bucket=bucket),
+        "s3:PutBucketPublicAccessBlock": lambda s3: s3.put_public_access_block(
+            Bucket=bucket, PublicAccessBlockConfiguration={"BlockPublicAcls": True}),
+        "s3:GetBucketPublicAccessBlock": lambda s3: s3.get_public_access_block(Bucket=bucket),
+    }
+    try:
+        for action, call in calls.items():
+            iam.put_user_policy(UserName="casey_localdev_service", PolicyName="s3", PolicyDocument=json.dumps({
+                "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": action,
+                                                        "Resource": f"arn:aws:s3:::{bucket}"}]}))
+            control(emulator, "/_casey/iam/enforce", {"enabled": True})
+            service = client(emulator, "s3", "casey_localdev_service")
+            call(service)  # allowed by exactly its IAM action
+            if action == "s3:ListBucket":  # a query with encoded characters passes the signature check
+                assert service.list_objects_v2(Bucket=bucket, Prefix="env:/")["KeyCount"] == 0
+            others = [c for a, c in calls.items() if a != action and a != "s3:ListBucket"]
+            with pytest.raises(botocore.exceptions.ClientError) as denied:
+                others[0](service)
+            assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403, action
+            control(emulator, "/_casey/iam/enforce", {"enabled": False})
+    finally:
+        control(emulator, "/_casey/iam/enforce", {"enabled": False})
+        iam.delete_user_policy(UserName="casey_localdev_service", PolicyName="s3")
+        assert control(emulator, "/_casey/iam/propagation", {"seconds": 3})[0] == 200

@@ -64,6 +64,10 @@ pub struct Global {
     #[arg(long, short = 'v', global = true)]
     pub verbose: bool,
 
+    /// How long to wait for another deploy's lock (the deploy lock of infra, import, image, rollback, all, state bootstrap): 30s, 10m [default: 0, stop at once naming the holder]
+    #[arg(long, global = true, env = "CASEY_LOCK_TIMEOUT", default_value = "0s", value_parser = crate::logs::parse_since, value_name = "DURATION")]
+    pub lock_timeout: std::time::Duration,
+
     /// The only AWS account (12 digits) the credentials may belong to. Once the stack is applied, the account its state records is enforced too
     #[arg(long, global = true, env = "CASEY_AWS_ACCOUNT_ID", value_name = "ID")]
     pub account: Option<String>,
@@ -89,6 +93,17 @@ pub enum Verb {
     History(HistoryArgs),
     /// Put the previous good release (or --to TAG|DIGEST) live again, followed like any rollout
     Rollback(RollbackArgs),
+    /// The shared Terraform state: `state bootstrap` moves it to S3 (versioned, encrypted, TLS-only), locked natively
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
+    /// Remove the deploy lock of a run that died (asks first; --yes without a terminal)
+    Unlock {
+        /// Remove it without asking
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Start, stop or show the local sandbox that --local uses
     Sandbox {
         #[command(subcommand)]
@@ -362,6 +377,12 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
         _ => Err(format!("`{s}` is not KEY=VALUE (e.g. --var enable_alb=true)")),
     }
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum StateAction {
+    /// Create the state bucket (versioning, encryption, public access blocked, TLS-only, kept on destroy), write terraform/backend.tf (S3, use_lockfile) and move the local state into it; idempotent
+    Bootstrap,
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -136,6 +136,16 @@ impl Ctx {
         aws_sdk_ecr::Client::from_conf(config)
     }
 
+    /// An S3 client for `region`; path-style addressing when the endpoint
+    /// is not AWS's (an emulator on loopback has no bucket DNS names).
+    pub fn s3(&self, region: &str) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::config::Builder::from(&self.sdk)
+            .region(aws_sdk_s3::config::Region::new(region.to_owned()))
+            .force_path_style(self.sdk.endpoint_url().is_some())
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
     /// The applied stack's outputs.
     pub fn outputs(&self) -> Result<crate::outputs::Outputs> {
         crate::outputs::Outputs::load(&self.terraform(&Vars::default()))

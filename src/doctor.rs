@@ -189,6 +189,7 @@ pub fn run(global: &crate::context::Options) -> Result<()> {
         report.skip("aws provider", "terraform is not usable (see above)");
         false
     };
+    report.record(crate::backend::CHECK, crate::backend::check(&tf_dir));
     check_interrupted()?;
 
     // Who each set of credentials is.

@@ -315,7 +315,12 @@ pub fn check_account(identity: &Identity, pin: Option<&Pin>) -> Result<(), Probl
 
 /// `account_id` from the local state, when there is one.
 fn state_account(tf_dir: &Path) -> Result<Option<(String, std::path::PathBuf)>, Problem> {
-    let Some(path) = crate::terraform::local_state(tf_dir) else { return Ok(None) };
+    let Some(path) = crate::terraform::local_state(tf_dir) else {
+        // A state in S3: the bucket `state bootstrap` names after its account.
+        let configured = crate::backend::configured(tf_dir).ok().flatten();
+        let account = configured.as_ref().and_then(|b| b.account()).map(str::to_owned);
+        return Ok(account.map(|a| (a, tf_dir.join(crate::backend::FILE))));
+    };
     let text = std::fs::read_to_string(&path).map_err(|err| {
         Problem::fail(ACCOUNT, format!("could not read {}: {err}", path.display()), "check its permissions")
     })?;

@@ -5,16 +5,19 @@
 //!   `all` (composes the steps), `doctor` (lists the modules' own checks).
 //! - Steps, one per verb: `infra`, `import`, `image` (+ `publish`, the one
 //!   build → push → digest path), `rollout`, `rollback`, `history`, `url`,
-//!   `status`, `logs`.
+//!   `status`, `logs`, `state` (bootstrap: the state into S3).
 //! - Target: `context` (`Ctx`: the project, the checked caller, SDK clients,
 //!   and what the target provides — registry, task runner, auto-approve),
-//!   `env`, `identity`, `sandbox` (provides the local target; runs no step).
+//!   `env`, `identity`, `sandbox` (provides the local target; runs no step),
+//!   `lock` (the deploy lock around a run that changes the stack).
 //! - Ground: `process` (children, signals), `output` (the one output layer),
 //!   `redact`, `check` (typed problems), `terraform`, `outputs`, `aws`, `ecr`,
-//!   `release` (the release record in SSM), `docker`.
+//!   `release` (the release record in SSM), `docker`, `backend` (where
+//!   the state lives: terraform/backend.tf).
 
 mod all;
 mod aws;
+mod backend;
 mod check;
 mod cli;
 mod context;
@@ -27,6 +30,7 @@ mod identity;
 mod image;
 mod import;
 mod infra;
+mod lock;
 mod logs;
 mod output;
 mod outputs;
@@ -37,6 +41,7 @@ mod release;
 mod rollback;
 mod rollout;
 mod sandbox;
+mod state;
 mod status;
 mod terraform;
 mod url;
@@ -52,9 +57,14 @@ fn main() -> ExitCode {
     output::install_panic_hook();
     let cli = Cli::parse();
     let shape = match cli.command {
-        Verb::All(_) | Verb::Infra(_) | Verb::Import(_) | Verb::Image(_) | Verb::Rollback(_) | Verb::Logs(_) => {
-            output::Shape::Events
-        }
+        Verb::All(_)
+        | Verb::Infra(_)
+        | Verb::Import(_)
+        | Verb::Image(_)
+        | Verb::Rollback(_)
+        | Verb::Logs(_)
+        | Verb::State { .. }
+        | Verb::Unlock { .. } => output::Shape::Events,
         _ => output::Shape::Document,
     };
     let mode = output::Mode { quiet: cli.global.quiet, verbose: cli.global.verbose, json: cli.global.json };
@@ -91,6 +101,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return sandbox::run(&project, action.action(), &cli.global.admin_user);
     }
     let ctx = Ctx::new(&cli.global.target())?;
+    // One run at a time changes the stack, for the whole run.
+    let changes = match &cli.command {
+        Verb::All(_) => Some("all"),
+        Verb::Infra(_) => Some("infra"),
+        Verb::Import(_) => Some("import"),
+        Verb::Image(_) => Some("image"),
+        Verb::Rollback(_) => Some("rollback"),
+        Verb::State { .. } => Some("state bootstrap"),
+        _ => None,
+    };
+    let _lock = changes.map(|verb| lock::acquire(&ctx, verb, cli.global.lock_timeout)).transpose()?;
     match &cli.command {
         Verb::Whoami => identity::whoami(&ctx.identity),
         Verb::Doctor | Verb::Sandbox { .. } | Verb::Completions { .. } | Verb::Man => {
@@ -105,5 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Rollback(args) => rollback::run(&ctx, &args.options()),
         Verb::Logs(args) => logs::run(&ctx, &args.options()),
         Verb::All(args) => all::run(&ctx, args),
+        Verb::State { action: cli::StateAction::Bootstrap } => state::bootstrap(&ctx),
+        Verb::Unlock { yes } => lock::unlock(&ctx, *yes),
     }
 }

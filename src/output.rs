@@ -244,6 +244,18 @@ pub fn stamp() -> String {
     format!("{:02}:{:02}:{:02}", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }
 
+/// `20261202T193000Z`: now, in UTC, as tag characters.
+pub fn utc_stamp() -> String {
+    let now = aws_sdk_ssm::primitives::DateTime::from(std::time::SystemTime::now());
+    let text = now.fmt(aws_sdk_ssm::primitives::DateTimeFormat::DateTime).unwrap_or_default();
+    let whole_seconds = text.split('.').next().unwrap_or_default();
+    let mut stamp: String = whole_seconds.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    if !stamp.ends_with('Z') {
+        stamp.push('Z');
+    }
+    stamp
+}
+
 /// One line of JSON on stdout, masked (a mask is plain text: the JSON stays valid).
 fn json_line(value: &Value, pretty: bool) {
     let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };

@@ -26,6 +26,10 @@ static CHILD_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// Private temporary paths (plan folders, docker configs) to remove if the
 /// process exits from the signal handler, where no destructor runs.
 static REMOVE_ON_EXIT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// What must still happen if a signal ends the process (release the deploy
+/// lock); each runs once, in [`exit`].
+type ExitHook = Box<dyn FnOnce() + Send>;
+static ON_EXIT: Mutex<Vec<ExitHook>> = Mutex::new(Vec::new());
 static INTERRUPTED_BY: AtomicI32 = AtomicI32::new(0);
 /// Set while a step can stop where it stands on its own (see [`deferring`]).
 static DEFERRING: AtomicBool = AtomicBool::new(false);
@@ -152,9 +156,20 @@ pub fn forget_on_exit(path: &Path) {
     REMOVE_ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p != path);
 }
 
-/// Exit now, removing what [`remove_on_exit`] registered first
-/// (`std::process::exit` runs no destructor).
+/// Run `hook` if the process is ended by a signal (in [`exit`]). Its owner
+/// does the same on every normal path; a hook must be harmless after that.
+pub fn on_exit(hook: ExitHook) {
+    ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()).push(hook);
+}
+
+/// Exit now, running the [`on_exit`] hooks and removing what
+/// [`remove_on_exit`] registered first (`std::process::exit` runs no
+/// destructor).
 pub fn exit(code: i32) -> ! {
+    let hooks = std::mem::take(&mut *ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+    for hook in hooks {
+        hook();
+    }
     let paths = std::mem::take(&mut *REMOVE_ON_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
     for path in paths {
         let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };

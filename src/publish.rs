@@ -287,7 +287,7 @@ impl Source {
             None => match git_tag(&context, &dockerfile)? {
                 (sha, false) => (sha, true),
                 (sha, true) if args.allow_dirty || ctx.accepts_dirty_builds() => {
-                    let tag = format!("{sha}-dirty-{}", utc_stamp());
+                    let tag = format!("{sha}-dirty-{}", crate::output::utc_stamp());
                     crate::warn!(
                         "{} has uncommitted changes: building them as {tag}, a tag that names this build only",
                         context.display()
@@ -316,18 +316,6 @@ fn check_tag(tag: &str) -> Result<()> {
         bail!("--tag latest is not an immutable tag (releases are deployed by digest and `latest` would name a different image each time): choose another tag");
     }
     Ok(())
-}
-
-/// `20261202T193000Z`: now, in UTC, as tag characters.
-fn utc_stamp() -> String {
-    let now = aws_sdk_ssm::primitives::DateTime::from(std::time::SystemTime::now());
-    let text = now.fmt(aws_sdk_ssm::primitives::DateTimeFormat::DateTime).unwrap_or_default();
-    let whole_seconds = text.split('.').next().unwrap_or_default();
-    let mut stamp: String = whole_seconds.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
-    if !stamp.ends_with('Z') {
-        stamp.push('Z');
-    }
-    stamp
 }
 
 /// The git short sha of the context's commit, and whether the context or

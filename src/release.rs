@@ -224,7 +224,7 @@ fn rfc3339(t: &aws_sdk_ssm::primitives::DateTime) -> String {
     t.fmt(aws_sdk_ssm::primitives::DateTimeFormat::DateTime).unwrap_or_default()
 }
 
-fn now_rfc3339() -> String {
+pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now();
     aws_sdk_ssm::primitives::DateTime::from(now)
         .fmt(aws_sdk_ssm::primitives::DateTimeFormat::DateTime)

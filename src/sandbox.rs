@@ -287,9 +287,13 @@ fn provider_mirror(dir: &Path) {
 pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
     let tf = sandbox.dir.join("terraform");
     std::fs::create_dir_all(&tf)?;
+    // The sandbox's own backend.tf (its `state bootstrap`, into the
+    // emulator's S3) stays; the project's, naming the real bucket, is never
+    // copied.
+    let own_backend = |path: &Path| path.file_name().is_some_and(|n| n == crate::backend::FILE);
     for entry in std::fs::read_dir(&tf)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "tf") {
+        if path.extension().is_some_and(|e| e == "tf") && !own_backend(&path) {
             std::fs::remove_file(&path)?;
         }
     }
@@ -297,7 +301,7 @@ pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
     for entry in std::fs::read_dir(&source).with_context(|| format!("cannot read {}", source.display()))? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if name.ends_with(".tf") || name == ".terraform.lock.hcl" {
+        if (name.ends_with(".tf") && !own_backend(&path)) || name == ".terraform.lock.hcl" {
             std::fs::copy(&path, tf.join(&name))?;
         }
     }

@@ -92,6 +92,10 @@ fn init_inputs(dir: &Path) -> String {
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The local state `state bootstrap` moved to S3 is kept under this name
+/// (with a UTC time), which terraform never reads.
+pub const MOVED_STATE_PREFIX: &str = "terraform.tfstate.moved-to-s3-";
+
 /// The prefix of every plan folder.
 const PLAN_DIR_PREFIX: &str = "casey-deploy-";
 
@@ -364,9 +368,58 @@ impl Terraform {
             crate::detail!("terraform init: nothing changed since the last init here; skipped");
             return Ok(());
         }
+        self.check_state_location()?;
+        self.run_init(&[])
+    }
+
+    /// A local state beside an S3 backend (a teammate's `backend.tf` arrived
+    /// through git), or an S3 backend gone while its state's local copy was
+    /// set aside: terraform would stop to ask, or start from an empty state.
+    fn check_state_location(&self) -> Result<()> {
+        let local = self.dir.join("terraform.tfstate");
+        let configured = crate::backend::configured(&self.dir).map_err(|why| anyhow::anyhow!("{why}"))?;
+        if let (Some(backend), true) = (&configured, local.is_file()) {
+            if !self.dir.join(".terraform").join("terraform.tfstate").is_file() {
+                bail!(
+                    "{} configures the state in s3://{}/{}, but this folder still has a local state ({}): run `casey-deploy state bootstrap`, which moves it there (or sets it aside when S3 already holds a newer copy of it)",
+                    crate::backend::FILE,
+                    backend.bucket,
+                    backend.key,
+                    local.display()
+                );
+            }
+        }
+        if configured.is_none() && !local.exists() {
+            let moved = std::fs::read_dir(&self.dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(MOVED_STATE_PREFIX));
+            if let Some(moved) = moved {
+                bail!(
+                    "{} is missing, but this stack's state was moved to S3 by `casey-deploy state bootstrap` (the local copy it replaced is {}): restore {} (`git checkout -- terraform/{}`), or terraform would start from an empty state and create the stack again",
+                    crate::backend::FILE,
+                    moved.path().display(),
+                    crate::backend::FILE,
+                    crate::backend::FILE
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `init -migrate-state -force-copy`: move the state to the backend the
+    /// configuration names now (the caller checked that the destination
+    /// holds no other state, so copying without asking loses nothing).
+    pub fn init_migrate(&self) -> Result<()> {
+        self.run_init(&["-migrate-state", "-force-copy"])
+    }
+
+    fn run_init(&self, extra: &[&str]) -> Result<()> {
+        let stamp = self.dir.join(".terraform").join(INIT_STAMP);
         // Interrupted while asking: the interrupt, not a problem with terraform.
         check_version().map_err(|problem| crate::process::check_interrupted().err().unwrap_or(problem.into()))?;
-        let out = self.cmd(&["init"]).args(["-input=false"]).quiet().run()?;
+        let out = self.cmd(&["init"]).args(["-input=false"]).args(extra.iter().copied()).quiet().run()?;
         if !out.success() {
             let _ = std::fs::remove_file(&stamp);
             bail!(

@@ -237,6 +237,9 @@ locals {
     acm  = "arn:${local.partition}:acm:${local.region}:${local.account_id}"
   }
 
+  # The bucket `casey-deploy state bootstrap` creates (src/backend.rs names it).
+  state_bucket_arn = "arn:${local.partition}:s3:::casey-tfstate-${local.account_id}-${local.region}"
+
   stack_role_arns = [
     "${local.arn_prefix.iam}:role/${local.execution_role_name}",
     "${local.arn_prefix.iam}:role/${local.task_role_name}",
@@ -386,6 +389,37 @@ data "aws_iam_policy_document" "terraform_admin_iam" {
       variable = "iam:AWSServiceName"
       values   = keys(local.service_linked_roles)
     }
+  }
+
+  # The shared state (`casey-deploy state bootstrap`): the bucket it creates
+  # and configures, and the objects the S3 backend and the deploy lock use
+  # (the state, terraform's `<key>.tflock`, casey-deploy's deploy.lock).
+  # HeadBucket is authorised as s3:ListBucket.
+  statement {
+    sid = "StateBucket"
+    actions = [
+      "s3:CreateBucket",
+      "s3:ListBucket",
+      "s3:GetBucketVersioning",
+      "s3:PutBucketVersioning",
+      "s3:GetEncryptionConfiguration",
+      "s3:PutEncryptionConfiguration",
+      "s3:GetBucketPublicAccessBlock",
+      "s3:PutBucketPublicAccessBlock",
+      "s3:GetBucketPolicy",
+      "s3:PutBucketPolicy",
+    ]
+    resources = [local.state_bucket_arn]
+  }
+
+  statement {
+    sid = "StateObjects"
+    actions = [
+      "s3:GetObject",
+      "s3:PutObject",
+      "s3:DeleteObject",
+    ]
+    resources = ["${local.state_bucket_arn}/${local.project}/*"]
   }
 
   # RegisterScalableTarget passes the ECS auto scaling service-linked role.

@@ -254,6 +254,27 @@ fn all_local_deploys_a_backend_that_answers_and_leaves_the_real_state_alone() {
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(doc["image_digest"], first["image_digest"], "nothing changed: {doc}");
 
+    // The sandbox's state moves to the emulator's S3 like a real one; the project's terraform/ is untouched.
+    let moved = project.casey(&["state", "bootstrap", "--local"], &[]);
+    moved.assert_ok();
+    assert!(moved.stderr.contains("moved the local state ("), "{}", moved.stderr);
+    let sandbox_tf = project.path().join(".casey/sandbox/terraform");
+    assert!(sandbox_tf.join("backend.tf").is_file() && !sandbox_tf.join("terraform.tfstate").exists());
+    assert!(!project.path().join("terraform/backend.tf").exists());
+    let object = project.aws(&[
+        "s3api",
+        "head-object",
+        "--bucket",
+        "casey-tfstate-123456789012-us-east-1",
+        "--key",
+        "casey/production/terraform.tfstate",
+    ]);
+    assert!(object["ContentLength"].as_u64().unwrap_or_default() > 0, "{object}");
+    let again = project.casey(&["infra", "--local"], &[]);
+    again.assert_ok();
+    assert!(again.stderr.contains("No changes"), "infra from the S3 state: {}", again.stderr);
+    project.assert_real_state_untouched();
+
     // Down: the task processes are gone with the emulator.
     project.casey(&["sandbox", "down"], &[]).assert_ok();
     let (host, port) = host_port(&url2);
