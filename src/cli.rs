@@ -98,6 +98,8 @@ pub enum Verb {
         #[command(subcommand)]
         action: StateAction,
     },
+    /// Tear the stack down (all but the admin's own policies, which keep it able to finish and to build it again); asks for the environment's name
+    Destroy(DestroyArgs),
     /// Remove the deploy lock of a run that died (asks first; --yes without a terminal)
     Unlock {
         /// Remove it without asking
@@ -196,6 +198,23 @@ pub struct ImageCmd {
     /// Apply without asking for confirmation
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DestroyArgs {
+    /// Terraform variables, as passed to `infra`
+    #[command(flatten)]
+    pub tf: TfArgs,
+
+    /// Destroy without asking (needed without a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+impl DestroyArgs {
+    pub fn options(&self) -> crate::destroy::Options {
+        crate::destroy::Options { vars: self.tf.vars(), yes: self.yes }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

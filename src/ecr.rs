@@ -118,3 +118,37 @@ pub async fn digests(ecr: &Client, name: &str) -> Result<std::collections::HashS
         }
     }
 }
+
+/// Delete every image of repository `name` (a teardown); returns how many.
+/// A repository that does not exist holds none.
+pub async fn delete_all_images(ecr: &Client, name: &str) -> Result<usize> {
+    use aws_sdk_ecr::operation::list_images::ListImagesError;
+    let mut ids = Vec::new();
+    let mut pages = ecr.list_images().repository_name(name).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        match page {
+            Ok(page) => ids.extend(page.image_ids().iter().cloned()),
+            Err(err) if matches!(err.as_service_error(), Some(ListImagesError::RepositoryNotFoundException(_))) => {
+                return Ok(0)
+            }
+            Err(err) => return Err(anyhow!("ECR ListImages of {name} failed: {}", crate::aws::error_text(&err))),
+        }
+    }
+    for chunk in ids.chunks(100) {
+        let out = ecr
+            .batch_delete_image()
+            .repository_name(name)
+            .set_image_ids(Some(chunk.to_vec()))
+            .send()
+            .await
+            .map_err(|err| anyhow!("ECR BatchDeleteImage in {name} failed: {}", crate::aws::error_text(&err)))?;
+        if let Some(failure) = out.failures().first() {
+            return Err(anyhow!(
+                "ECR could not delete an image of {name}: {} {}",
+                failure.failure_code().map(|c| c.as_str()).unwrap_or_default(),
+                failure.failure_reason().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(ids.len())
+}

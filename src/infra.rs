@@ -35,7 +35,8 @@ use crate::terraform::{Failure, Plan, PlanFile, PlanMode, Terraform, Vars};
 use crate::{prompt, say};
 
 /// The admin's own policies and their attachments: applied before the rest.
-const ADMIN_TARGETS: &[&str] = &["aws_iam_policy.terraform_admin", "aws_iam_user_policy_attachment.terraform_admin"];
+pub const ADMIN_TARGETS: &[&str] =
+    &["aws_iam_policy.terraform_admin", "aws_iam_user_policy_attachment.terraform_admin"];
 /// The ECS service, and what would start tasks for it at once.
 pub const SERVICE: &str = "aws_ecs_service.backend";
 const TASK_DEFINITION: &str = "aws_ecs_task_definition.backend";
@@ -499,7 +500,7 @@ impl Summary {
 
     /// Print the summary (the plan itself is detail, shown with -v) and
     /// send it as a `plan` event; `stage` says which plan of the run it is.
-    fn show(&self, stage: &str) {
+    pub fn show(&self, stage: &str) {
         say!("{self}");
         if !crate::output::verbose() {
             say!("(the full plan: run with -v)");

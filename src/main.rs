@@ -5,7 +5,7 @@
 //!   `all` (composes the steps), `doctor` (lists the modules' own checks).
 //! - Steps, one per verb: `infra`, `import`, `image` (+ `publish`, the one
 //!   build → push → digest path), `rollout`, `rollback`, `history`, `url`,
-//!   `status`, `logs`, `state` (bootstrap: the state into S3).
+//!   `status`, `logs`, `state` (bootstrap: the state into S3), `destroy`.
 //! - Target: `context` (`Ctx`: the project, the checked caller, SDK clients,
 //!   and what the target provides — registry, task runner, auto-approve),
 //!   `env`, `identity`, `sandbox` (provides the local target; runs no step),
@@ -21,6 +21,7 @@ mod backend;
 mod check;
 mod cli;
 mod context;
+mod destroy;
 mod docker;
 mod doctor;
 mod ecr;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
         | Verb::Rollback(_)
         | Verb::Logs(_)
         | Verb::State { .. }
+        | Verb::Destroy(_)
         | Verb::Unlock { .. } => output::Shape::Events,
         _ => output::Shape::Document,
     };
@@ -109,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::Image(_) => Some("image"),
         Verb::Rollback(_) => Some("rollback"),
         Verb::State { .. } => Some("state bootstrap"),
+        Verb::Destroy(_) => Some("destroy"),
         _ => None,
     };
     let _lock = changes.map(|verb| lock::acquire(&ctx, verb, cli.global.lock_timeout)).transpose()?;
@@ -128,5 +131,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Verb::All(args) => all::run(&ctx, args),
         Verb::State { action: cli::StateAction::Bootstrap } => state::bootstrap(&ctx),
         Verb::Unlock { yes } => lock::unlock(&ctx, *yes),
+        Verb::Destroy(args) => destroy::run(&ctx, &args.options()),
     }
 }

@@ -27,6 +27,8 @@ pub struct Terraform {
 pub enum PlanMode {
     Normal,
     RefreshOnly,
+    /// `-destroy`: a plan that removes what it targets.
+    Destroy,
     NamesOnly,
 }
 
@@ -447,6 +449,7 @@ impl Terraform {
             // The plan itself is shown with -v; the tool prints its summary.
             PlanMode::Normal => cmd.detail(),
             PlanMode::RefreshOnly => cmd.arg("-refresh-only").detail(),
+            PlanMode::Destroy => cmd.arg("-destroy").detail(),
             // Only the planned values are wanted: no refresh, no output.
             PlanMode::NamesOnly => cmd.arg("-refresh=false").quiet(),
         };

@@ -210,6 +210,7 @@ fn sigint_at_the_apply_prompt_leaves_no_plan_file() {
     wait_for(&mut child, &stderr, "Apply this plan?", Duration::from_secs(240));
     let dirs = plan_dirs(&project.tf_dir());
     assert_eq!(dirs.len(), 1, "the plan waits in its folder while the question is asked: {dirs:?}");
+    assert!(project.tf_dir().join(".terraform/casey-deploy.lock").is_file(), "the run holds the deploy lock");
     let plans: Vec<_> = std::fs::read_dir(&dirs[0]).unwrap().flatten().map(|e| e.path()).collect();
     assert!(plans.iter().any(|p| p.extension().is_some_and(|e| e == "tfplan")), "{plans:?}");
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
@@ -220,6 +221,8 @@ fn sigint_at_the_apply_prompt_leaves_no_plan_file() {
     assert_eq!(run.code, Some(130), "{}", run.all());
     run.assert_no_secrets(&project.secrets);
     assert_eq!(plan_dirs(&project.tf_dir()), Vec::<PathBuf>::new(), "the plan outlived the interrupt");
+    let lock = project.tf_dir().join(".terraform/casey-deploy.lock");
+    assert!(!lock.exists(), "the deploy lock outlived the interrupt");
     assert_eq!(
         emulator.aws(&["ecs", "list-clusters"])["clusterArns"].as_array().unwrap().len(),
         0,

@@ -1,0 +1,106 @@
+//! `destroy` against the emulator, under IAM enforcement (the admin holding
+//! only the stack's own policies): it asks for the environment's name,
+//! refuses without a terminal, tears down all but the admin's policies, and
+//! the admin can build the stack again.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::{drain, pty, wait_for, Emulator, Project, ADMIN};
+
+/// ACTIVE clusters (a deleted one is INACTIVE, and may stay discoverable for a while, as on ECS).
+fn clusters(emulator: &Emulator) -> usize {
+    let described = emulator.aws(&["ecs", "describe-clusters", "--clusters", "casey"]);
+    described["clusters"].as_array().into_iter().flatten().filter(|c| c["status"] == "ACTIVE").count()
+}
+
+fn attached(emulator: &Emulator) -> Vec<String> {
+    let listed = emulator.aws(&["iam", "list-attached-user-policies", "--user-name", ADMIN]);
+    let mut names: Vec<String> = listed["AttachedPolicies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["PolicyName"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn destroy_asks_for_the_environment_and_keeps_the_admin_able_to_build_again() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    project.apply_stack(&emulator); // with an image in ECR
+    assert_eq!(clusters(&emulator), 1);
+    let admin_policies = attached(&emulator);
+    assert!(
+        admin_policies.iter().filter(|n| n.starts_with("casey-terraform-admin")).count() == 3,
+        "{admin_policies:?}"
+    );
+    emulator.control("POST", "/_casey/iam/propagation", &json!({"seconds": 0}));
+    emulator.control("POST", "/_casey/iam/enforce", &json!({"enabled": true}));
+
+    // Without a terminal and without --yes: nothing is destroyed.
+    let run = project.casey(&["destroy"]);
+    run.assert_fails_with("no terminal to confirm the destroy, so nothing was destroyed");
+    assert!(run.stderr.contains("to destroy."), "the plan summary was shown first: {}", run.stderr);
+    assert_eq!(clusters(&emulator), 1);
+
+    // On a terminal the environment's name must be typed; `yes` is not it.
+    let (mut master, slave) = pty();
+    let mut child =
+        project.command(&["destroy"]).stdin(slave).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let err = drain(child.stderr.take().unwrap());
+    wait_for(&mut child, &err, "Type the environment's name (production)", Duration::from_secs(240));
+    master.write_all(b"yes\n").unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert!(err.lock().unwrap().contains("destroy cancelled"), "{}", err.lock().unwrap());
+    assert_eq!(clusters(&emulator), 1, "nothing was destroyed");
+
+    let (mut master, slave) = pty();
+    let mut child =
+        project.command(&["destroy"]).stdin(slave).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let err = drain(child.stderr.take().unwrap());
+    wait_for(&mut child, &err, "Type the environment's name (production)", Duration::from_secs(240));
+    master.write_all(b"production\n").unwrap();
+    let status = child.wait().unwrap();
+    let text = err.lock().unwrap().clone();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("deleted the 1 image(s) in ECR repository casey-backend"), "{text}");
+    assert!(text.contains("kept: the admin's policies"), "{text}");
+
+    // Gone: the cluster, the service, the repository, the log groups, the release record.
+    emulator.control("POST", "/_casey/iam/enforce", &json!({"enabled": false}));
+    assert_eq!(clusters(&emulator), 0);
+    let repos = emulator.aws(&["ecr", "describe-repositories"]);
+    assert_eq!(repos["repositories"], json!([]), "{repos}");
+    let groups = emulator.aws(&["logs", "describe-log-groups", "--log-group-name-prefix", "/ecs/casey-backend"]);
+    assert_eq!(groups["logGroups"], json!([]), "{groups}");
+    // Kept: the admin's policies, attached, and in the state.
+    assert_eq!(attached(&emulator), admin_policies);
+    let listed = project.terraform(emulator.admin(), &["state", "list"]);
+    let managed: Vec<&str> = listed.stdout.lines().filter(|l| !l.starts_with("data.")).collect();
+    assert_eq!(managed.len(), 6, "only the admin's three policies and their attachments: {managed:?}");
+    assert!(managed.iter().all(|a| a.contains("terraform_admin")), "{managed:?}");
+
+    // The admin builds it again with its own rights, and nothing is left over.
+    emulator.control("POST", "/_casey/iam/enforce", &json!({"enabled": true}));
+    let run = project.casey(&["infra", "--yes"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("to add"), "{}", run.stderr);
+    emulator.control("POST", "/_casey/iam/enforce", &json!({"enabled": false}));
+    assert_eq!(clusters(&emulator), 1);
+    let run = project.casey(&["destroy", "--yes", "--json"]);
+    run.assert_ok();
+    let last: Value = serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!((last["event"].as_str(), last["ok"].as_bool()), (Some("summary"), Some(true)), "{last}");
+    assert!(last["destroyed"].as_u64().unwrap() > 10, "{last}");
+    let run = project.casey(&["destroy", "--yes"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("nothing to destroy"), "{}", run.stderr);
+}
