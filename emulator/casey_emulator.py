@@ -53,6 +53,8 @@ Gaps filled, each because a real client trips over it:
    TLS-only policy denied every request) against the context of an HTTPS request. Under IAM enforcement an
    S3 request is authorised as the IAM action AWS checks (moto names some that IAM has not), and a query
    string with encoded characters (terraform's `prefix=env%3A%2F`) passes the signature check.
+11. STS AssumeRoleWithWebIdentity is unsigned (moto's enforcement crashed on it) and checks the token's issuer,
+   audience, expiry and the role's trust policy conditions (moto gave any token the role).
 
 on_task_started() / on_task_stopped() are called for every task that reaches RUNNING and for its stop; they
 only log. The runner itself starts at launch (PENDING) and stops with the task, see TaskRun.
@@ -124,6 +126,8 @@ from moto.logs.models import logs_backends  # noqa: E402
 from moto.logs.responses import LogsResponse  # noqa: E402
 from moto.moto_api import state_manager  # noqa: E402
 from moto.s3.models import FakeBucket  # noqa: E402
+from moto.sts.exceptions import STSClientError  # noqa: E402
+from moto.sts.responses import TokenResponse as STSResponse  # noqa: E402
 from moto.s3.responses import S3Response  # noqa: E402
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # noqa: E402
 
@@ -873,6 +877,91 @@ def create_aws_request(self):
 
 
 IAMRequestBase._create_aws_request = create_aws_request
+
+
+# --- STS AssumeRoleWithWebIdentity: the token against the provider and the trust policy ----------------
+
+# moto hands out the role's credentials for any token. AWS
+# (https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoleWithWebIdentity.html, Errors;
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_providers_create_oidc.html) needs an IAM OIDC
+# provider for the token's issuer that lists its audience, an unexpired token, and a trust policy statement
+# that allows sts:AssumeRoleWithWebIdentity for that provider (Principal Federated) with its conditions on
+# the token's claims (`<issuer host>:aud`, `:sub`) met. All of that is checked here. The token's signature is
+# not: no identity provider runs here to hold the keys.
+_moto_assume_role_with_web_identity = STSResponse.assume_role_with_web_identity
+
+
+def _jwt_claims(token: str) -> dict:
+    parts = (token or "").split(".")
+    try:
+        payload = parts[1] + "=" * (-len(parts[1]) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (IndexError, ValueError):
+        claims = None
+    if len(parts) != 3 or not isinstance(claims, dict):
+        raise STSClientError("InvalidIdentityToken", "The ID Token provided is not a valid JWT. (You may see this "
+                                                     "error if you sent an Access Token)")
+    return claims
+
+
+def _trust_condition_met(condition: dict, claims: dict, host: str) -> bool:
+    for operator, pairs in condition.items():
+        if operator not in ("StringEquals", "StringLike"):
+            return False  # not evaluated here: the Allow stays out
+        for key, expected in pairs.items():
+            claim = key.removeprefix(f"{host}:") if key.startswith(f"{host}:") else None
+            actual = claims.get(claim) if claim else None
+            values = expected if isinstance(expected, list) else [expected]
+            actuals = actual if isinstance(actual, list) else [actual]
+            match = (lambda v, a: v == a) if operator == "StringEquals" else (
+                lambda v, a: re.fullmatch(re.escape(v).replace(r"\*", ".*").replace(r"\?", "."), a) is not None)
+            if not any(isinstance(a, str) and match(v, a) for v in values for a in actuals):
+                return False
+    return True
+
+
+def assume_role_with_web_identity(self):
+    claims = _jwt_claims(self._get_param("WebIdentityToken"))
+    role_arn = self._get_param("RoleArn") or ""
+    account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else DEFAULT_ACCOUNT_ID
+    iam = iam_backends[account]["global"]
+    issuer = str(claims.get("iss", ""))
+    host = issuer.removeprefix("https://").rstrip("/")
+    provider_arn = f"arn:aws:iam::{account}:oidc-provider/{host}"
+    provider = iam.open_id_providers.get(provider_arn)
+    if provider is None:
+        raise STSClientError("InvalidIdentityToken", f"No OpenIDConnect provider found in your account for {issuer}")
+    audiences = claims.get("aud") if isinstance(claims.get("aud"), list) else [claims.get("aud")]
+    if not any(a in provider.client_id_list for a in audiences):
+        raise STSClientError("InvalidIdentityToken", "Incorrect token audience")
+    if not isinstance(claims.get("exp"), (int, float)) or claims["exp"] < time.time():
+        raise STSClientError("ExpiredTokenException", "Token expired: current date/time must be before the "
+                                                      "expiration date/time")
+    try:
+        role = iam.get_role_by_arn(role_arn)
+    except Exception:  # moto's own error names the role
+        role = None
+    denied = STSClientError("AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity")
+    if role is None:
+        raise denied
+    statements = json.loads(role.assume_role_policy_document).get("Statement", [])
+    statements = [statements] if isinstance(statements, dict) else statements
+
+    def allows(statement: dict) -> bool:
+        actions = statement.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        federated = (statement.get("Principal") or {}).get("Federated", [])
+        federated = [federated] if isinstance(federated, str) else federated
+        return (statement.get("Effect") == "Allow" and "sts:AssumeRoleWithWebIdentity" in actions
+                and provider_arn in federated
+                and _trust_condition_met(statement.get("Condition") or {}, claims, host))
+
+    if not any(allows(s) for s in statements):
+        raise denied
+    return _moto_assume_role_with_web_identity(self)
+
+
+STSResponse.assume_role_with_web_identity = assume_role_with_web_identity
 
 
 # --- what a Fargate task needs before it can start -------------------------------------------------------
@@ -1788,7 +1877,15 @@ JSON_AUTH_ERRORS = {"AccessDenied": "AccessDeniedException", "InvalidClientToken
 _moto_authorize = BaseResponse._authenticate_and_authorize_normal_action
 
 
+# Called without credentials by design ("does not require the use of AWS security credentials",
+# https://docs.aws.amazon.com/STS/latest/APIReference/API_AssumeRoleWithWebIdentity.html); moto's check
+# fails on the missing Authorization header. What AWS checks instead is in assume_role_with_web_identity.
+UNSIGNED_STS_ACTIONS = {"AssumeRoleWithWebIdentity", "AssumeRoleWithSAML"}
+
+
 def authorize(self, resource: str = "*") -> None:
+    if isinstance(self, STSResponse) and self._get_action() in UNSIGNED_STS_ACTIONS:
+        return
     try:
         _moto_authorize(self, resource)
     except HTTPException as error:

@@ -1486,3 +1486,48 @@ def test_s3_requests_are_authorised_as_iams_actions(emulator):
         control(emulator, "/_casey/iam/enforce", {"enabled": False})
         iam.delete_user_policy(UserName="casey_localdev_service", PolicyName="s3")
         assert control(emulator, "/_casey/iam/propagation", {"seconds": 3})[0] == 200
+
+
+def _jwt(**claims):
+    encode = lambda part: base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()  # noqa: E731
+    return f"{encode({'alg': 'RS256'})}.{encode(claims)}.c2ln"
+
+
+def test_web_identity_needs_the_provider_the_audience_and_the_trust_policy(emulator):
+    """AssumeRoleWithWebIdentity is unsigned (it works under enforcement), and hands out credentials only for
+    a token whose issuer is an IAM OIDC provider listing its audience, unexpired, whose claims meet the role's
+    trust policy."""
+    iam = client(emulator, "iam")
+    host = "token.actions.githubusercontent.com"
+    provider = iam.create_open_id_connect_provider(Url=f"https://{host}", ClientIDList=["sts.amazonaws.com"],
+                                                   ThumbprintList=["6938fd4d98bab03faadb97b34396831e3780aea1"])
+    iam.create_role(RoleName="casey-ci-test", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Federated": provider["OpenIDConnectProviderArn"]},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {f"{host}:aud": "sts.amazonaws.com"},
+                          "StringLike": {f"{host}:sub": "repo:casey/casey:*"}}}]}))
+    sts = boto3.client("sts", endpoint_url=emulator["url"], region_name="us-east-1",
+                       config=botocore.config.Config(signature_version=botocore.UNSIGNED))
+    good = {"iss": f"https://{host}", "aud": "sts.amazonaws.com", "sub": "repo:casey/casey:ref:refs/heads/main",
+            "exp": int(time.time()) + 600}
+
+    def assume(**claims):
+        return sts.assume_role_with_web_identity(RoleArn="arn:aws:iam::123456789012:role/casey-ci-test",
+                                                 RoleSessionName="ci", WebIdentityToken=_jwt(**claims))
+
+    def error(**claims):
+        with pytest.raises(botocore.exceptions.ClientError) as raised:
+            assume(**claims)
+        return raised.value.response["Error"]["Code"], raised.value.response["Error"]["Message"]
+
+    assert control(emulator, "/_casey/iam/enforce", {"enabled": True})[0] == 200
+    try:
+        assert assume(**good)["AssumedRoleUser"]["Arn"].endswith(":assumed-role/casey-ci-test/ci")
+        assert error(**{**good, "sub": "repo:someone/else:ref:refs/heads/main"}) == (
+            "AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity")
+        assert error(**{**good, "iss": "https://accounts.example.com"})[0] == "InvalidIdentityToken"
+        assert error(**{**good, "aud": "someone-else"}) == ("InvalidIdentityToken", "Incorrect token audience")
+        assert error(**{**good, "exp": int(time.time()) - 60})[0] == "ExpiredTokenException"
+    finally:
+        assert control(emulator, "/_casey/iam/enforce", {"enabled": False})[0] == 200

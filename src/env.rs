@@ -30,6 +30,9 @@ pub enum Source {
     Environment,
     /// A named profile (AWS_PROFILE), from the env file or the environment.
     Profile(String),
+    /// A role assumed with a web identity token (AWS_ROLE_ARN and
+    /// AWS_WEB_IDENTITY_TOKEN_FILE: CI's OIDC, EKS).
+    WebIdentity(String),
     /// The SDK's default chain: the default profile, SSO, container or instance role.
     DefaultChain,
     /// The local sandbox's admin (--local), at this endpoint.
@@ -42,6 +45,9 @@ impl fmt::Display for Source {
             Source::EnvFile(path) => write!(f, "access keys from {}", path.display()),
             Source::Environment => write!(f, "access keys from the environment (AWS_ACCESS_KEY_ID)"),
             Source::Profile(name) => write!(f, "AWS profile `{name}` (AWS_PROFILE)"),
+            Source::WebIdentity(role) => {
+                write!(f, "web identity for role {role} (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE)")
+            }
             Source::DefaultChain => write!(f, "the default AWS profile (~/.aws/credentials or ~/.aws/config)"),
             Source::Sandbox(endpoint) => write!(f, "the local sandbox's admin (emulator at {endpoint})"),
         }
@@ -198,6 +204,10 @@ pub fn layer(env_file: Option<&Path>, from_file: BTreeMap<String, String>) -> Re
         }
     } else if let Some(profile) = std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()) {
         Source::Profile(profile)
+    } else if let (Ok(role), true) =
+        (std::env::var("AWS_ROLE_ARN"), std::env::var("AWS_WEB_IDENTITY_TOKEN_FILE").is_ok_and(|f| !f.is_empty()))
+    {
+        Source::WebIdentity(role)
     } else {
         Source::DefaultChain
     };

@@ -34,9 +34,13 @@ use crate::context::Ctx;
 use crate::terraform::{Failure, Plan, PlanFile, PlanMode, Terraform, Vars};
 use crate::{prompt, say};
 
-/// The admin's own policies and their attachments: applied before the rest.
-pub const ADMIN_TARGETS: &[&str] =
-    &["aws_iam_policy.terraform_admin", "aws_iam_user_policy_attachment.terraform_admin"];
+/// The admin's own policies and their attachments (to the admin user, and
+/// to the deploy role when there is one): applied before the rest.
+pub const ADMIN_TARGETS: &[&str] = &[
+    "aws_iam_policy.terraform_admin",
+    "aws_iam_user_policy_attachment.terraform_admin",
+    "aws_iam_role_policy_attachment.terraform_admin",
+];
 /// The ECS service, and what would start tasks for it at once.
 pub const SERVICE: &str = "aws_ecs_service.backend";
 const TASK_DEFINITION: &str = "aws_ecs_task_definition.backend";

@@ -237,6 +237,8 @@ locals {
     acm  = "arn:${local.partition}:acm:${local.region}:${local.account_id}"
   }
 
+  admin_role_arn = var.terraform_admin_role_name == null ? null : "${local.arn_prefix.iam}:role/${var.terraform_admin_role_name}"
+
   # The bucket `casey-deploy state bootstrap` creates (src/backend.rs names it).
   state_bucket_arn = "arn:${local.partition}:s3:::casey-tfstate-${local.account_id}-${local.region}"
 
@@ -420,6 +422,23 @@ data "aws_iam_policy_document" "terraform_admin_iam" {
       "s3:DeleteObject",
     ]
     resources = ["${local.state_bucket_arn}/${local.project}/*"]
+  }
+
+  # The deploy role (CI), when there is one: it gets the admin's own
+  # policies and nothing else.
+  dynamic "statement" {
+    for_each = var.terraform_admin_role_name == null ? [] : [local.admin_role_arn]
+    content {
+      sid       = "IamDeployRole"
+      actions   = ["iam:GetRole", "iam:ListAttachedRolePolicies", "iam:AttachRolePolicy", "iam:DetachRolePolicy"]
+      resources = [statement.value]
+
+      condition {
+        test     = "ArnEquals"
+        variable = "iam:PolicyARN"
+        values   = [for name in values(local.admin_policy_names) : "${local.arn_prefix.iam}:policy/${name}"]
+      }
+    }
   }
 
   # RegisterScalableTarget passes the ECS auto scaling service-linked role.
@@ -799,4 +818,19 @@ resource "aws_iam_user_policy_attachment" "terraform_admin" {
   lifecycle {
     prevent_destroy = true
   }
+}
+
+# The deploy role (var.terraform_admin_role_name, e.g. for CI) holds the same
+# policies as the admin user. Like the user's, these attachments are applied
+# first and kept by `casey-deploy destroy`.
+data "aws_iam_role" "terraform_admin" {
+  count = var.terraform_admin_role_name == null ? 0 : 1
+  name  = var.terraform_admin_role_name
+}
+
+resource "aws_iam_role_policy_attachment" "terraform_admin" {
+  for_each = var.terraform_admin_role_name == null ? {} : local.admin_policy_names
+
+  role       = data.aws_iam_role.terraform_admin[0].name
+  policy_arn = aws_iam_policy.terraform_admin[each.key].arn
 }

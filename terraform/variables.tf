@@ -73,6 +73,17 @@ variable "terraform_admin_iam_user_name" {
   }
 }
 
+variable "terraform_admin_role_name" {
+  description = "Existing IAM role that may deploy too, such as the role a CI job assumes (OIDC web identity or sts:AssumeRole): it gets the same three admin policies as terraform_admin_iam_user_name, and casey-deploy accepts it with --admin-principal <role ARN>. Default: null (no role)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.terraform_admin_role_name == null || can(regex("^[A-Za-z0-9+=,.@_-]{1,64}$", var.terraform_admin_role_name))
+    error_message = "terraform_admin_role_name must be an IAM role name: 1-64 characters from A-Z a-z 0-9 + = , . @ _ -."
+  }
+}
+
 ################################################################################
 # CloudWatch Logs
 ################################################################################
