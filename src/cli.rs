@@ -64,7 +64,7 @@ pub struct Global {
     #[arg(long, short = 'v', global = true)]
     pub verbose: bool,
 
-    /// How long to wait for another deploy's lock (the deploy lock of infra, import, image, rollback, all, state bootstrap): 30s, 10m [default: 0, stop at once naming the holder]
+    /// How long to wait for another deploy's lock (the deploy lock of infra, import, image, rollback, all, destroy, state bootstrap): 30s, 10m [default: 0, stop at once naming the holder]
     #[arg(long, global = true, env = "CASEY_LOCK_TIMEOUT", default_value = "0s", value_parser = crate::logs::parse_since, value_name = "DURATION")]
     pub lock_timeout: std::time::Duration,
 

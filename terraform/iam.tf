@@ -425,12 +425,23 @@ data "aws_iam_policy_document" "terraform_admin_iam" {
   }
 
   # The deploy role (CI), when there is one: it gets the admin's own
-  # policies and nothing else.
+  # policies and nothing else. The reads are a statement of their own:
+  # iam:PolicyARN is absent from their requests, so the condition would
+  # deny them on AWS.
   dynamic "statement" {
     for_each = var.terraform_admin_role_name == null ? [] : [local.admin_role_arn]
     content {
-      sid       = "IamDeployRole"
-      actions   = ["iam:GetRole", "iam:ListAttachedRolePolicies", "iam:AttachRolePolicy", "iam:DetachRolePolicy"]
+      sid       = "IamDeployRoleRead"
+      actions   = ["iam:GetRole", "iam:ListAttachedRolePolicies"]
+      resources = [statement.value]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.terraform_admin_role_name == null ? [] : [local.admin_role_arn]
+    content {
+      sid       = "IamDeployRolePolicies"
+      actions   = ["iam:AttachRolePolicy", "iam:DetachRolePolicy"]
       resources = [statement.value]
 
       condition {
