@@ -40,8 +40,7 @@ pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
         crate::output::summary(serde_json::json!({"destroyed": 0}));
         return Ok(());
     }
-    // The repository's images, read before anything is planned.
-    let outputs = ctx.outputs().ok();
+    // The repository (its images go with it), read before anything is planned.
     let repository = ctx.repository().ok();
 
     let plan_file = PlanFile::create(tf.dir(), "destroy")?;
@@ -70,11 +69,7 @@ pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
     }
     say!("==> terraform apply (the destroy plan)");
     tf.apply(&plan_file)?;
-    say!(
-        "destroyed {} resource(s){}; `casey-deploy infra` builds the stack again",
-        summary.destroy,
-        outputs.map(|o| format!(" of service {}", o.ecs_service_name)).unwrap_or_default()
-    );
+    say!("destroyed {} resource(s); `casey-deploy infra` builds the stack again", summary.destroy);
     crate::output::summary(serde_json::json!({"destroyed": summary.destroy, "kept": infra::ADMIN_TARGETS}));
     Ok(())
 }
