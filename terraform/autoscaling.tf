@@ -23,7 +23,7 @@ resource "aws_appautoscaling_target" "ecs" {
 }
 
 resource "aws_appautoscaling_policy" "cpu" {
-  name               = "${var.ecs_service_name}-cpu-target-tracking"
+  name               = "${local.service_name}-cpu-target-tracking"
   policy_type        = "TargetTrackingScaling"
   service_namespace  = aws_appautoscaling_target.ecs.service_namespace
   scalable_dimension = aws_appautoscaling_target.ecs.scalable_dimension

@@ -3,7 +3,7 @@
 ################################################################################
 
 resource "aws_ecr_repository" "backend" {
-  name = var.ecr_repository_name
+  name = local.ecr_repository_name
   # A tag names one image forever: releases are pushed under their git sha
   # and deployed by digest (release.tf).
   image_tag_mutability = "IMMUTABLE"

@@ -3,7 +3,7 @@
 ################################################################################
 
 resource "aws_ecs_cluster" "this" {
-  name = var.ecs_cluster_name
+  name = local.cluster_name
 
   setting {
     name  = "containerInsights"
@@ -112,7 +112,7 @@ resource "aws_ecs_task_definition" "backend" {
 
 resource "aws_ecs_service" "backend" {
   #checkov:skip=CKV_AWS_333:On the default VPC's public subnets (no NAT, no VPC endpoints) a task needs its public IP to pull from ECR and write logs; var.task_assign_public_ip turns it off for private subnets. With the ALB the task security group admits only the ALB's group; without it clients connect to that IP (documented no-ALB mode).
-  name                              = var.ecs_service_name
+  name                              = local.service_name
   cluster                           = aws_ecs_cluster.this.id
   task_definition                   = aws_ecs_task_definition.backend.arn
   desired_count                     = var.desired_count

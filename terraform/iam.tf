@@ -153,10 +153,16 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
 # Used by the ECS agent: pull from ECR, write to the ECS log group.
 resource "aws_iam_role" "ecs_execution" {
   name               = local.execution_role_name
-  description        = "ECS task execution role for ${var.ecs_service_name}"
+  description        = "ECS task execution role for ${local.service_name}"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
 
   lifecycle {
+    # https://docs.aws.amazon.com/IAM/latest/APIReference/API_CreateRole.html:
+    # RoleName is at most 64 characters; the execution role's is the longer.
+    precondition {
+      condition     = length(local.execution_role_name) <= 64
+      error_message = "The IAM role name ${local.execution_role_name} has ${length(local.execution_role_name)} characters, over IAM's 64: ecs_service_name plus \"-<environment>\" (outside production) plus \"-ecs-execution\" must fit. Shorten ecs_service_name or the environment's name."
+    }
     precondition {
       condition     = length(data.aws_iam_policy_document.ecs_tasks_assume.minified_json) <= local.trust_policy_quota
       error_message = "The trust policy of IAM role ${local.execution_role_name} renders to ${length(data.aws_iam_policy_document.ecs_tasks_assume.minified_json)} characters without whitespace, over IAM's default quota of ${local.trust_policy_quota} for a role trust policy; CreateRole would fail with LimitExceeded. Shorten data.aws_iam_policy_document.ecs_tasks_assume (terraform/iam.tf)."
@@ -172,7 +178,7 @@ resource "aws_iam_role_policy_attachment" "ecs_execution" {
 # Used by the backend process itself.
 resource "aws_iam_role" "ecs_task" {
   name               = local.task_role_name
-  description        = "ECS task role for ${var.ecs_service_name} (casey-backend-ai)"
+  description        = "ECS task role for ${local.service_name} (${local.backend_policy_name})"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
 
   lifecycle {
@@ -208,9 +214,9 @@ locals {
   trust_policy_quota   = 2048
 
   admin_policy_names = {
-    iam     = local.admin_policy_name
-    ecs     = "${local.admin_policy_name}-ecs"
-    network = "${local.admin_policy_name}-network"
+    iam     = "${local.admin_policy_name}${local.env_suffix}"
+    ecs     = "${local.admin_policy_name}-ecs${local.env_suffix}"
+    network = "${local.admin_policy_name}-network${local.env_suffix}"
   }
   admin_policy_descriptions = {
     iam     = "casey Terraform admin (1/3): the stack's IAM policies, roles and attachments"
@@ -257,14 +263,14 @@ locals {
   stack_log_group_arns = [
     "${local.arn_prefix.logs}:log-group:${local.usage_log_group_name}",
     "${local.arn_prefix.logs}:log-group:${local.usage_log_group_name}:*",
-    "${local.arn_prefix.logs}:log-group:${var.ecs_log_group_name}",
-    "${local.arn_prefix.logs}:log-group:${var.ecs_log_group_name}:*",
+    "${local.arn_prefix.logs}:log-group:${local.ecs_log_group_name}",
+    "${local.arn_prefix.logs}:log-group:${local.ecs_log_group_name}:*",
   ]
   stack_ecs_arns = [
-    "${local.arn_prefix.ecs}:cluster/${var.ecs_cluster_name}",
-    "${local.arn_prefix.ecs}:service/${var.ecs_cluster_name}/${var.ecs_service_name}",
+    "${local.arn_prefix.ecs}:cluster/${local.cluster_name}",
+    "${local.arn_prefix.ecs}:service/${local.cluster_name}/${local.service_name}",
     "${local.arn_prefix.ecs}:task-definition/${local.task_definition_family}:*",
-    "${local.arn_prefix.ecs}:task/${var.ecs_cluster_name}/*",
+    "${local.arn_prefix.ecs}:task/${local.cluster_name}/*",
   ]
   stack_elb_arns = [
     "${local.arn_prefix.elb}:loadbalancer/app/${local.alb_name}/*",
@@ -496,7 +502,7 @@ data "aws_iam_policy_document" "terraform_admin_ecs" {
     condition {
       test     = "ArnEquals"
       variable = "ecs:cluster"
-      values   = ["${local.arn_prefix.ecs}:cluster/${var.ecs_cluster_name}"]
+      values   = ["${local.arn_prefix.ecs}:cluster/${local.cluster_name}"]
     }
   }
 
@@ -549,7 +555,7 @@ data "aws_iam_policy_document" "terraform_admin_ecs" {
       "ecr:ListImages",
       "ecr:BatchDeleteImage",
     ]
-    resources = ["${local.arn_prefix.ecr}:repository/${var.ecr_repository_name}"]
+    resources = ["${local.arn_prefix.ecr}:repository/${local.ecr_repository_name}"]
   }
 
   # ECR grants itself access to the AWS managed aws/ecr key on repository

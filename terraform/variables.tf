@@ -27,7 +27,7 @@ variable "allowed_account_ids" {
 }
 
 variable "environment" {
-  description = "Environment name, used for the Environment tag: lowercase letters, digits and dashes, 1-32 characters (e.g. \"production\", \"staging\"). Default: \"production\"."
+  description = "Environment name: the Environment tag, and outside production the suffix \"-<environment>\" of every name AWS needs unique (cluster, service, ECR repository, log groups, roles, policies, security groups, ALB, release parameter), so environments live side by side in one account. Lowercase letters, digits and dashes, 1-32 characters, not starting with \"ecs\" or \"network\" as a word (the admin policy parts' names end in them). Default: \"production\", whose names carry no suffix."
   type        = string
   default     = "production"
   nullable    = false
@@ -35,6 +35,13 @@ variable "environment" {
   validation {
     condition     = can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", var.environment))
     error_message = "environment must be 1-32 lowercase letters, digits or dashes, starting and ending with a letter or digit (e.g. \"production\")."
+  }
+
+  # casey-terraform-admin-<env> would be environment "ecs-<x>"'s name for the
+  # admin's ecs part of environment "<x>" (casey-terraform-admin-ecs-<x>).
+  validation {
+    condition     = length(regexall("^(ecs|network)(-|$)", var.environment)) == 0
+    error_message = "environment must not be \"ecs\" or \"network\" or start with \"ecs-\" or \"network-\": casey-terraform-admin-<environment> would then be another environment's admin policy (casey-terraform-admin-ecs-<name>). Choose another name, e.g. \"staging\"."
   }
 }
 

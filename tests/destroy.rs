@@ -19,25 +19,13 @@ fn clusters(emulator: &Emulator) -> usize {
     described["clusters"].as_array().into_iter().flatten().filter(|c| c["status"] == "ACTIVE").count()
 }
 
-fn attached(emulator: &Emulator) -> Vec<String> {
-    let listed = emulator.aws(&["iam", "list-attached-user-policies", "--user-name", ADMIN]);
-    let mut names: Vec<String> = listed["AttachedPolicies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["PolicyName"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 #[test]
 fn destroy_asks_for_the_environment_and_keeps_the_admin_able_to_build_again() {
     let emulator = Emulator::start();
     let project = Project::new(&emulator);
     project.apply_stack(&emulator); // with an image in ECR
     assert_eq!(clusters(&emulator), 1);
-    let admin_policies = attached(&emulator);
+    let admin_policies = emulator.attached_policy_names(ADMIN);
     assert!(
         admin_policies.iter().filter(|n| n.starts_with("casey-terraform-admin")).count() == 3,
         "{admin_policies:?}"
@@ -82,7 +70,7 @@ fn destroy_asks_for_the_environment_and_keeps_the_admin_able_to_build_again() {
     let groups = emulator.aws(&["logs", "describe-log-groups", "--log-group-name-prefix", "/ecs/casey-backend"]);
     assert_eq!(groups["logGroups"], json!([]), "{groups}");
     // Kept: the admin's policies, attached, and in the state.
-    assert_eq!(attached(&emulator), admin_policies);
+    assert_eq!(emulator.attached_policy_names(ADMIN), admin_policies);
     let listed = project.terraform(emulator.admin(), &["state", "list"]);
     let managed: Vec<&str> = listed.stdout.lines().filter(|l| !l.starts_with("data.")).collect();
     assert_eq!(managed.len(), 6, "only the admin's three policies and their attachments: {managed:?}");

@@ -18,18 +18,6 @@ fn ok(run: Run) -> Run {
 const ADMIN_POLICIES: [&str; 3] =
     ["casey-terraform-admin", "casey-terraform-admin-ecs", "casey-terraform-admin-network"];
 
-fn attached_policy_names(emulator: &Emulator, user: &str) -> Vec<String> {
-    let attached = emulator.aws(&["iam", "list-attached-user-policies", "--user-name", user]);
-    let mut names: Vec<String> = attached["AttachedPolicies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["PolicyName"].as_str().unwrap().to_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// The plan's resource changes (`terraform show -json` of a saved plan).
 fn planned_changes(project: &Project, emulator: &Emulator, args: &[&str]) -> Vec<Value> {
     let mut plan = vec!["plan", "-input=false", "-out=check.tfplan"];
@@ -108,7 +96,7 @@ fn admin_policies_alone_apply_the_stack_and_alb_toggles_cleanly() {
         admin,
         &["apply", "-input=false", "-auto-approve", "-target=aws_iam_user_policy_attachment.terraform_admin"],
     ));
-    assert_eq!(attached_policy_names(&emulator, common::ADMIN), ADMIN_POLICIES, "every part is attached to the admin");
+    assert_eq!(emulator.attached_policy_names(common::ADMIN), ADMIN_POLICIES, "every part is attached to the admin");
     for name in ADMIN_POLICIES {
         let arn = format!("arn:aws:iam::{}:policy/{name}", emulator.account_id);
         let policy = emulator.aws(&["iam", "get-policy", "--policy-arn", &arn]);
@@ -204,7 +192,7 @@ fn admin_policies_alone_apply_the_stack_and_alb_toggles_cleanly() {
     assert!(container["healthCheck"]["command"].to_string().contains("healthcheck"));
     // Longer than the backend's longest graceful shutdown (25 s + 3 s).
     assert_eq!(container["stopTimeout"], 30);
-    assert_eq!(attached_policy_names(&emulator, common::SERVICE), ["casey-backend-ai"]);
+    assert_eq!(emulator.attached_policy_names(common::SERVICE), ["casey-backend-ai"]);
     let retention =
         emulator.aws(&["logs", "describe-log-groups", "--log-group-name-prefix", "casey-backend-aws-usage"]);
     assert!(retention["logGroups"][0]["retentionInDays"].as_u64().is_some(), "usage log group has retention");
@@ -317,7 +305,7 @@ fn admin_policies_alone_apply_the_stack_and_alb_toggles_cleanly() {
         "the cluster is deleted: {clusters}"
     );
     assert_eq!(emulator.aws(&["elbv2", "describe-load-balancers"])["LoadBalancers"].as_array().unwrap().len(), 0);
-    assert_eq!(attached_policy_names(&emulator, common::ADMIN), ADMIN_POLICIES, "the admin keeps its rights");
+    assert_eq!(emulator.attached_policy_names(common::ADMIN), ADMIN_POLICIES, "the admin keeps its rights");
 }
 
 #[test]

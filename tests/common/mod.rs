@@ -144,6 +144,19 @@ impl Emulator {
     /// Record an image `repository:tag` in the emulated ECR with PutImage (a
     /// manifest only: moto's ECR keeps no layers), as a push would. ECS (and
     /// the emulator) only start tasks of an image that is there.
+    /// The managed policies attached to IAM user `user`, by name, sorted.
+    pub fn attached_policy_names(&self, user: &str) -> Vec<String> {
+        let attached = self.aws(&["iam", "list-attached-user-policies", "--user-name", user]);
+        let mut names: Vec<String> = attached["AttachedPolicies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["PolicyName"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn put_image(&self, repository: &str, tag: &str) -> Value {
         let layer = format!("sha256:{:064x}", tag.len() as u64 * 7919 + repository.len() as u64);
         let manifest = serde_json::json!({
