@@ -7,14 +7,22 @@ use std::path::Path;
 /// The file `state bootstrap` writes; teams commit it.
 pub const FILE: &str = "backend.tf";
 
-/// The environment's name in the state key. One environment today.
-pub const ENVIRONMENT: &str = "production";
+use crate::environment::PRODUCTION;
+
+/// The prefix of the other environments' state keys (Terraform's S3
+/// backend keeps workspace `W`'s state at `<prefix>/W/<key>`): under
+/// `casey/`, where the admin policy grants the state objects.
+pub const WORKSPACE_KEY_PREFIX: &str = "casey";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
     pub bucket: String,
+    /// Production's state (the default workspace).
     pub key: String,
     pub region: String,
+    /// `workspace_key_prefix`, when set: Terraform's default (`env:`) is
+    /// outside the admin's rights, so other environments need it.
+    pub workspace_key_prefix: Option<String>,
 }
 
 impl Backend {
@@ -25,14 +33,29 @@ impl Backend {
     pub fn default_for(account: &str, region: &str) -> Backend {
         Backend {
             bucket: format!("casey-tfstate-{account}-{region}"),
-            key: format!("casey/{ENVIRONMENT}/terraform.tfstate"),
+            key: format!("casey/{PRODUCTION}/terraform.tfstate"),
             region: region.to_owned(),
+            workspace_key_prefix: Some(WORKSPACE_KEY_PREFIX.to_owned()),
         }
     }
 
-    /// The deploy lock's object, beside the state (terraform's own lock is
-    /// `<key>.tflock`).
-    pub fn lock_key(&self) -> String {
+    /// The object holding `env`'s state.
+    pub fn state_key(&self, env: &str) -> String {
+        match (env, &self.workspace_key_prefix) {
+            (PRODUCTION, _) => self.key.clone(),
+            (_, Some(prefix)) => format!("{prefix}/{env}/{}", self.key),
+            (_, None) => format!("env:/{env}/{}", self.key),
+        }
+    }
+
+    /// `env`'s deploy lock object: production's beside its state
+    /// (terraform's own lock is `<key>.tflock`), another's at
+    /// `<prefix>/<env>/deploy.lock`, beside its state's folder.
+    pub fn lock_key(&self, env: &str) -> String {
+        if env != PRODUCTION {
+            let prefix = self.workspace_key_prefix.as_deref().unwrap_or("env:");
+            return format!("{prefix}/{env}/deploy.lock");
+        }
         match self.key.rsplit_once('/') {
             Some((dir, _)) => format!("{dir}/deploy.lock"),
             None => "deploy.lock".to_owned(),
@@ -56,13 +79,17 @@ impl Backend {
             ("encrypt", "true".to_owned()),
             ("use_lockfile", "true".to_owned()),
         ];
+        if let Some(prefix) = &self.workspace_key_prefix {
+            settings.push(("workspace_key_prefix", format!("\"{prefix}\"")));
+        }
         if path_style {
             settings.push(("use_path_style", "true".to_owned()));
         }
         let width = settings.iter().map(|(k, _)| k.len()).max().unwrap_or_default();
         let mut text = String::from(
             "# Written by `casey-deploy state bootstrap`: the stack's state is in S3,\n\
-             # locked by Terraform's own lock file (use_lockfile). Commit this file.\n\
+             # locked by Terraform's own lock file (use_lockfile); environments other\n\
+             # than production under workspace_key_prefix. Commit this file.\n\
              terraform {\n  backend \"s3\" {\n",
         );
         for (key, value) in settings {
@@ -79,9 +106,10 @@ pub const CHECK: &str = "state";
 /// Where the state is: in S3 (as `backend.tf` says), or a local file; a
 /// `backend.tf` this tool cannot read is a problem (the lock would be
 /// taken beside a state it does not know).
-pub fn check(dir: &Path) -> Result<String, crate::check::Problem> {
+pub fn check(dir: &Path, env: &str) -> Result<String, crate::check::Problem> {
+    check_environment(dir, env).map_err(|why| crate::check::Problem::fail(CHECK, why.found, why.fix))?;
     match configured(dir) {
-        Ok(Some(b)) => Ok(format!("s3://{}/{} ({}, Terraform's native lock)", b.bucket, b.key, b.region)),
+        Ok(Some(b)) => Ok(format!("s3://{}/{} ({}, Terraform's native lock)", b.bucket, b.state_key(env), b.region)),
         Ok(None) => Ok("a local file, on this machine only (`casey-deploy state bootstrap` moves it to S3)".into()),
         Err(why) => Err(crate::check::Problem::fail(
             CHECK,
@@ -91,6 +119,41 @@ pub fn check(dir: &Path) -> Result<String, crate::check::Problem> {
             ),
         )),
     }
+}
+
+/// An environment other than production needs `workspace_key_prefix` in
+/// an S3 backend: without it Terraform keeps the state under `env:/`, which
+/// the admin policy does not grant (and a team would not look for).
+#[derive(Debug)]
+pub struct NoPrefix {
+    pub found: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for NoPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.found, self.fix)
+    }
+}
+
+impl std::error::Error for NoPrefix {}
+
+pub fn check_environment(dir: &Path, env: &str) -> Result<(), NoPrefix> {
+    let Ok(Some(backend)) = configured(dir) else { return Ok(()) };
+    if env == PRODUCTION || backend.workspace_key_prefix.is_some() {
+        return Ok(());
+    }
+    Err(NoPrefix {
+        found: format!(
+            "{} sets no workspace_key_prefix, so environment {env}'s state would be s3://{}/{}, outside the admin's rights",
+            dir.join(FILE).display(),
+            backend.bucket,
+            backend.state_key(env)
+        ),
+        fix: format!(
+            "add `workspace_key_prefix = \"{WORKSPACE_KEY_PREFIX}\"` to its backend \"s3\" block (as `state bootstrap` writes it; production's state does not move), commit it, then run the command again"
+        ),
+    })
 }
 
 /// What `dir/backend.tf` configures: `Ok(None)` without the file, an error
@@ -112,9 +175,10 @@ fn parse(text: &str) -> Result<Backend, String> {
             (key.trim() == name).then(|| value.trim().trim_matches('"').to_owned())
         })
     };
+    let workspace_key_prefix = value("workspace_key_prefix");
     match (value("bucket"), value("key"), value("region")) {
         (Some(bucket), Some(key), Some(region)) if !bucket.is_empty() && !key.is_empty() => {
-            Ok(Backend { bucket, key, region })
+            Ok(Backend { bucket, key, region, workspace_key_prefix })
         }
         _ => Err("does not set bucket, key and region as plain strings".into()),
     }
@@ -129,18 +193,31 @@ mod tests {
         let backend = Backend::default_for("123456789012", "eu-west-2");
         assert_eq!(backend.bucket, "casey-tfstate-123456789012-eu-west-2");
         assert!(backend.bucket.len() <= 63);
-        assert_eq!(backend.lock_key(), "casey/production/deploy.lock");
+        assert_eq!(backend.lock_key("production"), "casey/production/deploy.lock");
+        assert_eq!(backend.state_key("production"), "casey/production/terraform.tfstate");
+        assert_eq!(backend.lock_key("staging"), "casey/staging/deploy.lock");
+        assert_eq!(backend.state_key("staging"), "casey/staging/casey/production/terraform.tfstate");
         assert_eq!(backend.account(), Some("123456789012"));
         for path_style in [false, true] {
             let text = backend.render(path_style);
             assert_eq!(parse(&text).unwrap(), backend);
-            assert_eq!(text.contains("use_path_style = true"), path_style, "{text}");
+            assert_eq!(text.contains("use_path_style       = true"), path_style, "{text}");
         }
         // Aligned as `terraform fmt` aligns (tests/state.rs runs it on the written file).
-        assert!(backend.render(false).contains("\n    bucket       = \"casey-tfstate-"), "{}", backend.render(false));
-        let other = Backend { bucket: "team-state".into(), key: "x.tfstate".into(), region: "us-east-1".into() };
+        assert!(
+            backend.render(false).contains("\n    bucket               = \"casey-tfstate-"),
+            "{}",
+            backend.render(false)
+        );
+        let other = Backend {
+            bucket: "team-state".into(),
+            key: "x.tfstate".into(),
+            region: "us-east-1".into(),
+            workspace_key_prefix: None,
+        };
         assert_eq!(other.account(), None);
-        assert_eq!(other.lock_key(), "deploy.lock");
+        assert_eq!(other.lock_key("production"), "deploy.lock");
+        assert_eq!(parse(&other.render(false)).unwrap(), other, "no prefix: none read back");
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct Global {
     )]
     pub service_user: String,
 
+    /// The environment to deploy: its own names (`-<env>` outside production), Terraform workspace and state, and terraform/<env>.env and <env>.tfvars when they exist
+    #[arg(long = "env", global = true, env = "CASEY_ENV", default_value = crate::environment::PRODUCTION, value_parser = crate::environment::parse, value_name = "NAME")]
+    pub environment: String,
+
     /// Run against the local sandbox (the project's AWS emulator on loopback, started if needed) instead of AWS; implies --yes
     #[arg(long, global = true)]
     pub local: bool,
@@ -128,7 +132,7 @@ pub enum Verb {
 #[derive(Args, Debug, Clone, Default)]
 pub struct TfArgs {
     /// Set a Terraform variable (repeatable), e.g. --var enable_alb=true
-    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_tf_var)]
     pub vars: Vec<(String, String)>,
 
     /// Terraform variable file (repeatable)
@@ -311,6 +315,7 @@ impl Global {
             admin_principal: self.admin_principal.clone(),
             local: self.local,
             account: self.account.clone(),
+            environment: self.environment.clone(),
         }
     }
 }
@@ -388,6 +393,16 @@ impl SandboxAction {
             SandboxAction::Down => crate::sandbox::Action::Down,
             SandboxAction::Status => crate::sandbox::Action::Status,
         }
+    }
+}
+
+/// A Terraform variable; `environment` is the run's `--env`, not a variable.
+fn parse_tf_var(s: &str) -> Result<(String, String), String> {
+    match parse_var(s)? {
+        (k, _) if k == "environment" => {
+            Err("the environment is chosen with --env NAME (or CASEY_ENV), not --var environment=".to_owned())
+        }
+        pair => Ok(pair),
     }
 }
 

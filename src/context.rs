@@ -26,6 +26,8 @@ pub struct Options {
     pub local: bool,
     /// The only account the credentials may belong to.
     pub account: Option<String>,
+    /// The environment (`--env`), checked by [`crate::environment::parse`].
+    pub environment: String,
 }
 
 pub struct Ctx {
@@ -37,6 +39,8 @@ pub struct Ctx {
     pub sandbox: Option<Sandbox>,
     /// The one account this run may touch, when it is known.
     pub pin: Option<identity::Pin>,
+    /// The environment this run targets (`production` by default).
+    pub environment: String,
     tf_dir: PathBuf,
     rt: Arc<tokio::runtime::Runtime>,
 }
@@ -45,6 +49,8 @@ impl Ctx {
     /// Load settings, then run the identity guard. Nothing else runs first.
     pub fn new(target: &Options) -> Result<Ctx> {
         let project = find_project(target.project_dir.as_deref())?;
+        let environment = target.environment.clone();
+        let workspace = crate::environment::workspace(&environment).to_owned();
         let (sandbox, settings, tf_dir) = if target.local {
             let sandbox = sandbox::up(&project, &target.admin_user)?;
             sandbox::activate(&sandbox);
@@ -55,7 +61,7 @@ impl Ctx {
         } else {
             let (env_file, explicit) = match &target.env_file {
                 Some(path) => (path.clone(), true),
-                None => (project.join("terraform").join(".env"), false),
+                None => (crate::environment::env_file(&project.join("terraform"), &environment), false),
             };
             (None, env::load(&env_file, explicit)?, project.join("terraform"))
         };
@@ -94,8 +100,9 @@ impl Ctx {
         env::require_region(sdk.region().map(|r| r.as_ref()))?;
         // The account pin is read (and --account checked) before any call,
         // from a state that a killed apply may have left broken.
-        crate::terraform::recover_state(&tf_dir)?;
-        let pin = identity::account_pin(target.account.as_deref(), &tf_dir)?;
+        crate::terraform::recover_state(&tf_dir, &workspace)?;
+        crate::backend::check_environment(&tf_dir, &environment)?;
+        let pin = identity::account_pin(target.account.as_deref(), &tf_dir, &workspace)?;
         let identity = rt.block_on(identity::caller(&sdk, &settings))?;
         identity::check(&identity, &principals)?;
         identity::check_account(&identity, pin.as_ref())?;
@@ -112,7 +119,7 @@ impl Ctx {
             };
             Ok(crate::aws::child_env(&creds, &region))
         }));
-        Ok(Ctx { project, principals, sdk, identity, sandbox, pin, tf_dir, rt })
+        Ok(Ctx { project, principals, sdk, identity, sandbox, pin, environment, tf_dir, rt })
     }
 
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
@@ -160,7 +167,7 @@ impl Ctx {
     /// agreement (region and the two user names), then the user's.
     pub fn terraform(&self, user: &Vars) -> Terraform {
         let base = base_vars(&self.region(), &self.principals, self.pin.as_ref());
-        Terraform::new(&self.terraform_dir(), &base, user)
+        Terraform::new(&self.terraform_dir(), &self.environment, &base, user)
     }
 }
 

@@ -80,7 +80,7 @@ fn confirm(ctx: &Ctx, args: &Options, summary: &Summary) -> Result<()> {
     if args.yes || ctx.auto_approve() {
         return Ok(());
     }
-    let environment = crate::backend::ENVIRONMENT;
+    let environment = ctx.environment.as_str();
     if !std::io::stdin().is_terminal() {
         bail!("there is no terminal to confirm the destroy, so nothing was destroyed; re-run with --yes to destroy without asking");
     }

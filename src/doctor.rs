@@ -148,7 +148,8 @@ pub fn run(global: &crate::context::Options) -> Result<()> {
             return report.finish();
         }
     };
-    crate::say!("casey-deploy doctor: {}", project.display());
+    let environment = global.environment.as_str();
+    crate::say!("casey-deploy doctor: {} (environment {environment})", project.display());
     // Secrets already in the environment are masked whatever happens next.
     env::register_secrets(std::env::vars());
     // As for every verb: terraform must not phone home.
@@ -166,7 +167,7 @@ pub fn run(global: &crate::context::Options) -> Result<()> {
     // settings `infra` would.
     let (env_file, explicit) = match &global.env_file {
         Some(path) => (path.clone(), true),
-        None => (project.join("terraform").join(".env"), false),
+        None => (crate::environment::env_file(&project.join("terraform"), environment), false),
     };
     let settings = deploy_env(&mut report, &env_file, explicit);
     let backend_path = project.join("backend").join(".env");
@@ -189,7 +190,7 @@ pub fn run(global: &crate::context::Options) -> Result<()> {
         report.skip("aws provider", "terraform is not usable (see above)");
         false
     };
-    report.record(crate::backend::CHECK, crate::backend::check(&tf_dir));
+    report.record(crate::backend::CHECK, crate::backend::check(&tf_dir, environment));
     check_interrupted()?;
 
     // Who each set of credentials is.
@@ -226,7 +227,8 @@ pub fn run(global: &crate::context::Options) -> Result<()> {
         });
         report.record(identity::SEPARATION, separate);
     }
-    check_account(&mut report, global.account.as_deref(), &tf_dir, deploy.as_ref());
+    let workspace = crate::environment::workspace(environment);
+    check_account(&mut report, global.account.as_deref(), &tf_dir, workspace, deploy.as_ref());
     if settings.is_some() {
         let region = sdk.as_ref().and_then(|sdk| sdk.region()).map(|r| r.to_string());
         check_region(&mut report, sdk.is_some(), region.as_deref(), backend.as_ref());
@@ -235,7 +237,7 @@ pub fn run(global: &crate::context::Options) -> Result<()> {
 
     // The stack.
     if provider_ok {
-        check_stack(&mut report, &tf_dir, sdk.as_ref())?;
+        check_stack(&mut report, &tf_dir, environment, sdk.as_ref())?;
     } else {
         report.skip("stack", "terraform or the AWS provider is not usable (see above)");
     }
@@ -337,8 +339,14 @@ async fn deploy_identity(
 }
 
 /// The account pin every deploy verb enforces, against the deploy credentials.
-fn check_account(report: &mut Report, explicit: Option<&str>, tf_dir: &Path, caller: Option<&Identity>) {
-    let pin = match identity::account_pin(explicit, tf_dir) {
+fn check_account(
+    report: &mut Report,
+    explicit: Option<&str>,
+    tf_dir: &Path,
+    workspace: &str,
+    caller: Option<&Identity>,
+) {
+    let pin = match identity::account_pin(explicit, tf_dir, workspace) {
         Ok(pin) => pin,
         Err(problem) => return report.problem(problem),
     };
@@ -374,8 +382,8 @@ fn check_region(report: &mut Report, loaded: bool, region: Option<&str>, backend
 }
 
 /// Has the stack been applied? Its cluster, service and ALB setting.
-fn check_stack(report: &mut Report, tf_dir: &Path, sdk: Option<&SdkConfig>) -> Result<()> {
-    let tf = Terraform::new(tf_dir, &[], &crate::terraform::Vars::default());
+fn check_stack(report: &mut Report, tf_dir: &Path, environment: &str, sdk: Option<&SdkConfig>) -> Result<()> {
+    let tf = Terraform::new(tf_dir, environment, &[], &crate::terraform::Vars::default());
     let outputs = match tf.outputs() {
         Ok(outputs) => outputs,
         Err(err) if err.is::<crate::process::Interrupted>() => return Err(err),

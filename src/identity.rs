@@ -266,7 +266,7 @@ pub const ACCOUNT: &str = "account";
 /// the applied stack lives in (the `account_id` output of a local state;
 /// read as a file, since no child may run before the guard). Both set and
 /// different: refused. Neither: `None` (the first apply pins nothing).
-pub fn account_pin(explicit: Option<&str>, tf_dir: &Path) -> Result<Option<Pin>, Problem> {
+pub fn account_pin(explicit: Option<&str>, tf_dir: &Path, workspace: &str) -> Result<Option<Pin>, Problem> {
     let explicit = explicit.map(str::trim).filter(|a| !a.is_empty());
     if let Some(account) = explicit {
         if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
@@ -277,7 +277,7 @@ pub fn account_pin(explicit: Option<&str>, tf_dir: &Path) -> Result<Option<Pin>,
             ));
         }
     }
-    let recorded = state_account(tf_dir)?;
+    let recorded = state_account(tf_dir, workspace)?;
     match (explicit, recorded) {
         (Some(given), Some((state, path))) if given != state => Err(Problem::fail(
             ACCOUNT,
@@ -314,8 +314,8 @@ pub fn check_account(identity: &Identity, pin: Option<&Pin>) -> Result<(), Probl
 }
 
 /// `account_id` from the local state, when there is one.
-fn state_account(tf_dir: &Path) -> Result<Option<(String, std::path::PathBuf)>, Problem> {
-    let Some(path) = crate::terraform::local_state(tf_dir) else {
+fn state_account(tf_dir: &Path, workspace: &str) -> Result<Option<(String, std::path::PathBuf)>, Problem> {
+    let Some(path) = crate::terraform::local_state(tf_dir, workspace) else {
         // A state in S3: the bucket `state bootstrap` names after its account.
         let configured = crate::backend::configured(tf_dir).ok().flatten();
         let account = configured.as_ref().and_then(|b| b.account()).map(str::to_owned);

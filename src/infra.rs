@@ -106,7 +106,7 @@ pub fn run(ctx: &Ctx, args: &Options) -> Result<Outcome> {
     let args = &Options { yes: args.yes || ctx.auto_approve(), ..args.clone() };
     let tf = ctx.terraform(&args.vars);
     // Read before this run's own apply writes its marker.
-    let interrupted = crate::terraform::interrupted_apply(tf.dir());
+    let interrupted = crate::terraform::interrupted_apply(tf.dir(), tf.workspace());
     if let Some(earlier) = &interrupted {
         say!(
             "note: an earlier apply (casey-deploy pid {}, started {}) did not finish by itself; anything it created without recording it is adopted if the apply meets it",
@@ -122,7 +122,7 @@ pub fn run(ctx: &Ctx, args: &Options) -> Result<Outcome> {
     }
     let outcome = adopting(ctx, &tf, &adopt, || plan_and_apply(ctx, &tf, args))?;
     if let Some(earlier) = &interrupted {
-        crate::terraform::clear_interrupted_apply(tf.dir(), earlier);
+        crate::terraform::clear_interrupted_apply(tf.dir(), tf.workspace(), earlier);
     }
     Ok(outcome)
 }
@@ -264,7 +264,7 @@ fn bootstrap_admin(ctx: &Ctx, tf: &Terraform, args: &Options) -> Result<()> {
     }
     let summary = Summary::of(&tf.show_json(&plan_file)?);
     summary.show("admin");
-    confirm(&summary, args)?;
+    confirm(&summary, args, tf.environment())?;
     say!("==> terraform apply (the admin's policies)");
     tf.apply(&plan_file)?;
     crate::output::event("applied", serde_json::json!({"stage": "admin"}));
@@ -322,7 +322,7 @@ fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &Options) -> Result<Outcome> 
     }
     let summary = Summary::of(&json);
     summary.show("all");
-    confirm(&summary, args)?;
+    confirm(&summary, args, tf.environment())?;
     say!("==> terraform apply (the saved plan)");
     tf.apply(&plan_file)?;
     crate::output::event("applied", serde_json::json!({"stage": "all"}));
@@ -332,6 +332,13 @@ fn plan_and_apply(ctx: &Ctx, tf: &Terraform, args: &Options) -> Result<Outcome> 
 /// The image the service would be created with, when it is not in ECR.
 /// None when the plan does not create the service, or the image is not an
 /// ECR image (nothing to check it with; the user named it).
+/// The ECR repository's name as planned (the environment's suffix included).
+fn planned_repository(plan: &Value) -> Option<String> {
+    let resources = plan["planned_values"]["root_module"]["resources"].as_array()?;
+    let repository = resources.iter().find(|r| r["address"] == "aws_ecr_repository.backend")?;
+    repository["values"]["name"].as_str().filter(|n| !n.is_empty()).map(str::to_owned)
+}
+
 fn missing_image(ctx: &Ctx, plan: &Value) -> Result<Option<String>> {
     let creates_service = plan["resource_changes"].as_array().into_iter().flatten().any(|rc| {
         rc["address"] == SERVICE && rc["change"]["actions"].as_array().is_some_and(|a| a.iter().any(|x| x == "create"))
@@ -345,7 +352,10 @@ fn missing_image(ctx: &Ctx, plan: &Value) -> Result<Option<String>> {
     // or a pinned backend_container_image); unknown before the repository exists.
     let planned = planned_image(plan).or_else(|| var("backend_container_image"));
     let (name, reference) = match planned {
-        None => (var("ecr_repository_name").unwrap_or_else(|| "casey-backend".to_owned()), "latest".to_owned()),
+        None => match planned_repository(plan) {
+            Some(name) => (name, "latest".to_owned()),
+            None => return Ok(None),
+        },
         Some(image) => match ecr_image(&image) {
             Some(parts) => parts,
             None => return Ok(None),
@@ -390,7 +400,7 @@ fn apply_without_service(tf: &Terraform, args: &Options, plan: &Value, image: St
         if tf.plan_targets(&plan_file, PlanMode::Normal, &targets)? == Plan::Changes {
             let summary = Summary::of(&tf.show_json(&plan_file)?);
             summary.show("without_service");
-            confirm(&summary, args)?;
+            confirm(&summary, args, tf.environment())?;
             say!("==> terraform apply (the saved plan)");
             tf.apply(&plan_file)?;
             crate::output::event("applied", serde_json::json!({"stage": "without_service"}));
@@ -422,7 +432,7 @@ fn targets_without(plan: &Value, except: &[&str]) -> Vec<String> {
 
 /// The managed resources in the state (`type.name`, without instance keys).
 pub fn state_resources(tf: &Terraform) -> Result<Vec<String>> {
-    if let Some(file) = crate::terraform::local_state(tf.dir()) {
+    if let Some(file) = crate::terraform::local_state(tf.dir(), tf.workspace()) {
         let text = std::fs::read_to_string(&file).with_context(|| format!("could not read {}", file.display()))?;
         let state: Value =
             serde_json::from_str(&text).with_context(|| format!("{} is not a Terraform state", file.display()))?;
@@ -549,7 +559,9 @@ impl std::fmt::Display for Summary {
     }
 }
 
-fn confirm(summary: &Summary, args: &Options) -> Result<()> {
+/// Production's applies are confirmed by typing its name; another
+/// environment's by typing `yes`.
+fn confirm(summary: &Summary, args: &Options, environment: &str) -> Result<()> {
     if args.yes {
         return Ok(());
     }
@@ -561,12 +573,13 @@ fn confirm(summary: &Summary, args: &Options) -> Result<()> {
         bail!("there is no terminal to confirm the apply, so nothing was applied; re-run with --yes to apply without asking");
     }
     let warning = if summary.risky() { " This DESTROYS or REPLACES the resources listed above." } else { "" };
-    prompt!("Apply this plan?{warning} Type `yes` to apply [no]: ");
+    let word = if environment == crate::environment::PRODUCTION { environment } else { "yes" };
+    prompt!("Apply this plan to environment {environment}?{warning} Type `{word}` to apply [no]: ");
     std::io::stderr().flush().ok();
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer).context("could not read the answer")?;
-    if answer.trim() != "yes" {
-        bail!("apply cancelled; nothing was changed");
+    if answer.trim() != word {
+        bail!("apply cancelled (the answer was not `{word}`); nothing was changed");
     }
     Ok(())
 }

@@ -23,12 +23,21 @@ enum Store {
     File(PathBuf),
 }
 
+/// Production's lock file keeps its name; another environment's has its own.
+fn local_lock_name(env: &str) -> String {
+    if env == crate::environment::PRODUCTION {
+        "casey-deploy.lock".to_owned()
+    } else {
+        format!("casey-deploy-{env}.lock")
+    }
+}
+
 impl Store {
     fn of(ctx: &Ctx) -> Result<Store> {
         let dir = ctx.terraform_dir();
         match backend::configured(&dir).map_err(|why| anyhow!("{why}"))? {
-            Some(b) => Ok(Store::S3 { client: ctx.s3(&b.region), key: b.lock_key(), bucket: b.bucket }),
-            None => Ok(Store::File(dir.join(".terraform").join("casey-deploy.lock"))),
+            Some(b) => Ok(Store::S3 { client: ctx.s3(&b.region), key: b.lock_key(&ctx.environment), bucket: b.bucket }),
+            None => Ok(Store::File(dir.join(".terraform").join(local_lock_name(&ctx.environment)))),
         }
     }
 

@@ -26,6 +26,7 @@ mod docker;
 mod doctor;
 mod ecr;
 mod env;
+mod environment;
 mod history;
 mod identity;
 mod image;
@@ -71,6 +72,9 @@ fn main() -> ExitCode {
     };
     let mode = output::Mode { quiet: cli.global.quiet, verbose: cli.global.verbose, json: cli.global.json };
     output::init(mode, shape);
+    if !matches!(cli.command, Verb::Sandbox { .. } | Verb::Completions { .. } | Verb::Man) {
+        output::set_environment(&cli.global.environment);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -54,6 +54,30 @@ impl Printer {
 }
 
 static PRINTER: OnceLock<Printer> = OnceLock::new();
+/// The environment the run targets: every stderr line and JSON object names it.
+static ENVIRONMENT: OnceLock<String> = OnceLock::new();
+
+/// Label everything printed from now on with the environment `name`.
+pub fn set_environment(name: &str) {
+    let _ = ENVIRONMENT.set(name.to_owned());
+}
+
+/// `[name] `, or nothing before the environment is known.
+fn label() -> String {
+    ENVIRONMENT.get().map(|e| format!("[{e}] ")).unwrap_or_default()
+}
+
+/// `value` with `"environment"` added, when it is an object and the environment is known.
+fn labelled(value: &Value) -> Value {
+    match (value, ENVIRONMENT.get()) {
+        (Value::Object(object), Some(env)) if !object.contains_key("environment") => {
+            let mut object = object.clone();
+            object.insert("environment".to_owned(), json!(env));
+            Value::Object(object)
+        }
+        _ => value.clone(),
+    }
+}
 /// The progress line on screen (terminal), or the last one printed.
 static PROGRESS: Mutex<Option<String>> = Mutex::new(None);
 
@@ -179,7 +203,7 @@ pub fn progress(text: &str) {
     if p.mode.quiet {
         return;
     }
-    let text = redact(text);
+    let text = redact(&format!("{}{text}", label()));
     let mut last = PROGRESS.lock().unwrap_or_else(|e| e.into_inner());
     if p.terminal {
         to_stderr(&format!("\r\x1b[2K{text}"));
@@ -229,7 +253,7 @@ fn clear_progress() {
 
 fn stderr_line(text: &str) {
     clear_progress();
-    let text = redact(text);
+    let text = redact(&format!("{}{text}", label()));
     if printer().terminal {
         to_stderr(&format!("{text}\n"));
     } else {
@@ -258,7 +282,8 @@ pub fn utc_stamp() -> String {
 
 /// One line of JSON on stdout, masked (a mask is plain text: the JSON stays valid).
 fn json_line(value: &Value, pretty: bool) {
-    let text = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) };
+    let value = labelled(value);
+    let text = if pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) };
     to_stdout(&format!("{}\n", redact(&text.unwrap_or_default())));
 }
 

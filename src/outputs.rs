@@ -104,10 +104,12 @@ impl Outputs {
 pub fn load_map(tf: &Terraform) -> Result<Map<String, Value>> {
     // Neither initialised nor a local state: a fresh checkout, from which
     // the stack was never applied (terraform would only ask for `init`).
-    if !tf.dir().join(".terraform").is_dir() && !tf.dir().join("terraform.tfstate").is_file() {
+    if !tf.dir().join(".terraform").is_dir()
+        && !crate::environment::local_state_path(tf.dir(), tf.workspace()).is_file()
+    {
         bail!("{NOT_APPLIED} (terraform was never initialised in {})", tf.dir().display());
     }
-    if let Some(state) = crate::terraform::local_state(tf.dir()) {
+    if let Some(state) = crate::terraform::local_state(tf.dir(), tf.workspace()) {
         match outputs_of_state_file(&state) {
             Ok(map) => return Ok(map),
             Err(err) => crate::say!("note: reading {} directly failed ({err:#}); asking terraform", state.display()),

@@ -263,6 +263,8 @@ pub struct Command {
     /// terminal otherwise, and kept either way.
     detail: bool,
     lock_file: Option<PathBuf>,
+    /// Set in the child's environment, after what [`set_child_env`] sets.
+    env: Vec<(String, String)>,
 }
 
 impl Command {
@@ -275,6 +277,7 @@ impl Command {
             stream: true,
             detail: false,
             lock_file: None,
+            env: Vec::new(),
         }
     }
 
@@ -282,6 +285,12 @@ impl Command {
     /// lock): an interrupt reports whether it remained.
     pub fn lock_file(mut self, path: PathBuf) -> Self {
         self.lock_file = Some(path);
+        self
+    }
+
+    /// Set `key` in the child's environment (not a secret: it is not redacted from the child's own output).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -343,6 +352,9 @@ impl Command {
                     None => expr.env_remove(key),
                 };
             }
+        }
+        for (key, value) in &self.env {
+            expr = expr.env(key, value);
         }
         expr = expr.before_spawn(|cmd| {
             use std::os::unix::process::CommandExt;

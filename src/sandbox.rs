@@ -282,8 +282,9 @@ fn provider_mirror(dir: &Path) {
     }
 }
 
-/// The sandbox's Terraform folder: the project's `*.tf` and lock file,
-/// copied fresh each time so edits to the stack are picked up.
+/// The sandbox's Terraform folder: the project's `*.tf`, lock file and
+/// environments' `<env>.tfvars`, copied fresh each time so edits to the
+/// stack are picked up.
 pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
     let tf = sandbox.dir.join("terraform");
     std::fs::create_dir_all(&tf)?;
@@ -293,7 +294,7 @@ pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
     let own_backend = |path: &Path| path.file_name().is_some_and(|n| n == crate::backend::FILE);
     for entry in std::fs::read_dir(&tf)? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "tf") && !own_backend(&path) {
+        if path.extension().is_some_and(|e| e == "tf" || e == "tfvars") && !own_backend(&path) {
             std::fs::remove_file(&path)?;
         }
     }
@@ -301,7 +302,10 @@ pub fn terraform_dir(project: &Path, sandbox: &Sandbox) -> Result<PathBuf> {
     for entry in std::fs::read_dir(&source).with_context(|| format!("cannot read {}", source.display()))? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if (name.ends_with(".tf") && !own_backend(&path)) || name == ".terraform.lock.hcl" {
+        // terraform.tfvars and *.auto.tfvars are loaded by terraform itself
+        // and were never the sandbox's; <env>.tfvars are the tool's.
+        let env_tfvars = name.ends_with(".tfvars") && name != "terraform.tfvars" && !name.ends_with(".auto.tfvars");
+        if (name.ends_with(".tf") && !own_backend(&path)) || name == ".terraform.lock.hcl" || env_tfvars {
             std::fs::copy(&path, tf.join(&name))?;
         }
     }

@@ -37,12 +37,32 @@ pub fn bootstrap(ctx: &Ctx) -> Result<()> {
 
     let local_path = dir.join("terraform.tfstate");
     let local = read_state(&local_path)?;
-    let remote = ctx.block_on(remote_state(&s3, &backend))?;
+    let remote = ctx.block_on(remote_state(&s3, &backend, &backend.key))?;
+    // The other environments' local states (terraform's workspaces) go
+    // along: terraform migrates every workspace.
+    let others = other_workspaces(&dir)?;
+    if !others.is_empty() && backend.workspace_key_prefix.is_none() {
+        let fix = backend::check_environment(&dir, &others[0].0).err().map(|e| e.to_string()).unwrap_or_default();
+        bail!("nothing was moved: {fix}");
+    }
+    for (workspace, state) in &others {
+        let key = backend.state_key(workspace);
+        if let Some(remote) = ctx.block_on(remote_state(&s3, &backend, &key))? {
+            if !state.same_content(&remote) {
+                bail!(
+                    "s3://{}/{key} already holds a state ({}), and environment {workspace}'s local state holds another ({}): nothing was moved. Keep the right one and move the other aside before running `casey-deploy state bootstrap` again",
+                    backend.bucket,
+                    remote.describe(),
+                    state.describe()
+                );
+            }
+        }
+    }
     let initialised = initialised_for(&dir, &backend);
     let path_style = ctx.sdk.endpoint_url().is_some();
     let file = dir.join(backend::FILE);
 
-    if configured.is_some() && local.is_none() && initialised {
+    if configured.is_some() && local.is_none() && others.is_empty() && initialised {
         say!("done already: the state is in s3://{}/{}; nothing else to change", backend.bucket, backend.key);
         return summary(&backend, changed, false);
     }
@@ -76,9 +96,23 @@ pub fn bootstrap(ctx: &Ctx) -> Result<()> {
             if wrote { format!(" ({} removed again)", backend::FILE) } else { String::new() }
         )));
     }
+    for (workspace, state) in &others {
+        let key = backend.state_key(workspace);
+        match ctx.block_on(remote_state(&s3, &backend, &key))? {
+            Some(now) if now.same_content(state) => {
+                say!("moved environment {workspace}'s local state ({}) to s3://{}/{key}", state.describe(), backend.bucket)
+            }
+            other => bail!(
+                "terraform init reported success, but s3://{}/{key} holds {} instead of environment {workspace}'s local state ({}): the local states are left in place; run `casey-deploy state bootstrap` again",
+                backend.bucket,
+                other.map(|s| s.describe()).unwrap_or_else(|| "nothing".into()),
+                state.describe()
+            ),
+        }
+    }
     let moved = match (&local, &remote) {
         (Some(local), None) => {
-            let now = ctx.block_on(remote_state(&s3, &backend))?;
+            let now = ctx.block_on(remote_state(&s3, &backend, &backend.key))?;
             match now {
                 Some(now) if now.same_content(local) => {}
                 other => bail!(
@@ -103,7 +137,7 @@ pub fn bootstrap(ctx: &Ctx) -> Result<()> {
         }
         (None, _) => false,
     };
-    if moved {
+    if moved || !others.is_empty() {
         set_aside(&dir)?;
     }
     summary(&backend, changed, moved)
@@ -132,7 +166,7 @@ fn initialised_for(dir: &Path, backend: &Backend) -> bool {
 /// without `backend.tf`); git ignores them (`*.tfstate.*`).
 fn set_aside(dir: &Path) -> Result<()> {
     let stamp = crate::output::utc_stamp();
-    for name in ["terraform.tfstate", "terraform.tfstate.backup"] {
+    for name in ["terraform.tfstate", "terraform.tfstate.backup", "terraform.tfstate.d"] {
         let from = dir.join(name);
         if from.exists() {
             let to = dir.join(format!(
@@ -203,9 +237,23 @@ fn read_state(path: &Path) -> Result<Option<StateId>> {
     })
 }
 
-async fn remote_state(s3: &Client, backend: &Backend) -> Result<Option<StateId>> {
+/// The non-empty local states of the workspaces other than `default`
+/// (`terraform.tfstate.d/<env>/terraform.tfstate`), by name.
+fn other_workspaces(dir: &Path) -> Result<Vec<(String, StateId)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir.join("terraform.tfstate.d")).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(state) = read_state(&entry.path().join("terraform.tfstate"))? {
+            found.push((name, state));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found)
+}
+
+async fn remote_state(s3: &Client, backend: &Backend, key: &str) -> Result<Option<StateId>> {
     use aws_sdk_s3::operation::get_object::GetObjectError;
-    match s3.get_object().bucket(&backend.bucket).key(&backend.key).send().await {
+    match s3.get_object().bucket(&backend.bucket).key(key).send().await {
         Ok(out) => {
             let bytes = out.body.collect().await.context("could not read the state object")?.into_bytes();
             Ok(StateId::of(&bytes))
@@ -214,7 +262,7 @@ async fn remote_state(s3: &Client, backend: &Backend) -> Result<Option<StateId>>
         Err(err) => Err(anyhow!(
             "S3 GetObject of s3://{}/{} failed: {}\n{}",
             backend.bucket,
-            backend.key,
+            key,
             crate::aws::error_text(&err),
             RIGHTS
         )),

@@ -20,6 +20,10 @@ pub struct Vars {
 pub struct Terraform {
     dir: PathBuf,
     var_args: Vec<String>,
+    /// The environment (`-var environment=`), and its workspace: the
+    /// `TF_WORKSPACE` of every call.
+    environment: String,
+    workspace: String,
 }
 
 /// What kind of plan to make.
@@ -48,7 +52,7 @@ const INIT_STAMP: &str = "casey-init.sha256";
 /// `*.tf`/`*.tf.json` file and the lock file (names and contents), the
 /// backend state init wrote, the installed providers' folder listing, the
 /// terraform binary, and the CLI configuration in use.
-fn init_inputs(dir: &Path) -> String {
+fn init_inputs(dir: &Path, workspace: &str) -> String {
     use sha2::Digest as _;
     let mut hash = sha2::Sha256::new();
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -88,9 +92,10 @@ fn init_inputs(dir: &Path) -> String {
         let modified = meta.as_ref().and_then(|m| m.modified().ok()).map(|t| format!("{t:?}")).unwrap_or_default();
         hash.update(format!("{}:{}:{modified}\n", binary.display(), meta.map_or(0, |m| m.len())));
     }
-    for var in ["TF_CLI_CONFIG_FILE", "TF_DATA_DIR", "TF_WORKSPACE"] {
+    for var in ["TF_CLI_CONFIG_FILE", "TF_DATA_DIR"] {
         hash.update(format!("{var}={}\n", std::env::var(var).unwrap_or_default()));
     }
+    hash.update(format!("TF_WORKSPACE={workspace}\n"));
     hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -159,13 +164,19 @@ pub fn sweep_stale_plans(tf_dir: &Path) {
 /// of the casey-deploy that runs it and when it started.
 const APPLY_MARKER: &str = "casey-deploy.apply-in-progress";
 
+/// The marker of `workspace`'s applies: each environment has its own.
+fn apply_marker(tf_dir: &Path, workspace: &str) -> PathBuf {
+    let name = if workspace == "default" { APPLY_MARKER.to_owned() } else { format!("{workspace}.{APPLY_MARKER}") };
+    tf_dir.join(".terraform").join(name)
+}
+
 struct ApplyMarker(PathBuf);
 
 impl ApplyMarker {
-    fn write(tf_dir: &Path) -> Result<ApplyMarker> {
+    fn write(tf_dir: &Path, workspace: &str) -> Result<ApplyMarker> {
         let dir = tf_dir.join(".terraform");
         std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
-        let path = dir.join(APPLY_MARKER);
+        let path = apply_marker(tf_dir, workspace);
         let started =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
         std::fs::write(&path, format!("{} {started}\n", std::process::id()))
@@ -222,24 +233,20 @@ impl InterruptedApply {
 
 /// The marker of an apply whose process is gone, if there is one. The
 /// marker of a live run (another casey-deploy applying now) is not.
-pub fn interrupted_apply(tf_dir: &Path) -> Option<InterruptedApply> {
-    let text = std::fs::read_to_string(tf_dir.join(".terraform").join(APPLY_MARKER)).ok()?;
+pub fn interrupted_apply(tf_dir: &Path, workspace: &str) -> Option<InterruptedApply> {
+    let text = std::fs::read_to_string(apply_marker(tf_dir, workspace)).ok()?;
     let mut words = text.split_whitespace();
     let pid = words.next()?.parse::<u32>().ok()?;
     let started = words.next().and_then(|w| w.parse().ok()).unwrap_or_default();
     (pid != std::process::id() && !crate::process::alive(pid)).then_some(InterruptedApply { pid, started })
 }
 
-/// The local state file, when it is exactly what terraform would read in
-/// `dir`: no backend block (initialised or not), the default workspace.
-pub fn local_state(dir: &Path) -> Option<PathBuf> {
-    let state = dir.join("terraform.tfstate");
+/// The local state file of `workspace`, when it is exactly what terraform
+/// would read in `dir` (casey-deploy always sets `TF_WORKSPACE`): no
+/// backend block, initialised or not.
+pub fn local_state(dir: &Path, workspace: &str) -> Option<PathBuf> {
+    let state = crate::environment::local_state_path(dir, workspace);
     if !state.is_file() || dir.join(".terraform").join("terraform.tfstate").exists() {
-        return None;
-    }
-    let workspace = std::fs::read_to_string(dir.join(".terraform").join("environment")).unwrap_or_default();
-    let env_workspace = std::env::var("TF_WORKSPACE").unwrap_or_default();
-    if ![workspace.trim(), env_workspace.trim()].iter().all(|w| w.is_empty() || *w == "default") {
         return None;
     }
     // A backend block not initialised yet: terraform itself must say so.
@@ -267,9 +274,9 @@ pub fn local_state(dir: &Path) -> Option<PathBuf> {
 /// (the state as that apply found it; the broken file is kept beside it) and
 /// what the apply created is adopted by the next `infra`. Runs before the
 /// identity guard reads the state's account.
-pub fn recover_state(tf_dir: &Path) -> Result<()> {
-    let Some(earlier) = interrupted_apply(tf_dir) else { return Ok(()) };
-    let Some(state) = local_state(tf_dir) else { return Ok(()) };
+pub fn recover_state(tf_dir: &Path, workspace: &str) -> Result<()> {
+    let Some(earlier) = interrupted_apply(tf_dir, workspace) else { return Ok(()) };
+    let Some(state) = local_state(tf_dir, workspace) else { return Ok(()) };
     let text = std::fs::read_to_string(&state).unwrap_or_default();
     if serde_json::from_str::<Value>(&text).is_ok() {
         return Ok(());
@@ -314,9 +321,9 @@ pub fn recover_state(tf_dir: &Path) -> Result<()> {
 }
 
 /// The interrupted apply was made good: forget its marker.
-pub fn clear_interrupted_apply(tf_dir: &Path, seen: &InterruptedApply) {
-    if interrupted_apply(tf_dir).as_ref() == Some(seen) {
-        let _ = std::fs::remove_file(tf_dir.join(".terraform").join(APPLY_MARKER));
+pub fn clear_interrupted_apply(tf_dir: &Path, workspace: &str, seen: &InterruptedApply) {
+    if interrupted_apply(tf_dir, workspace).as_ref() == Some(seen) {
+        let _ = std::fs::remove_file(apply_marker(tf_dir, workspace));
     }
 }
 
@@ -329,17 +336,33 @@ pub enum Plan {
 
 impl Terraform {
     /// `base` are the tool's own variables (region, user names); `user`'s
-    /// come from --var and --var-file and are passed after them, so they win.
-    pub fn new(dir: &Path, base: &[(String, String)], user: &Vars) -> Self {
-        let mut var_args = Vec::new();
-        for (k, v) in base.iter().chain(&user.vars) {
+    /// come from --var and --var-file and are passed after them, so they
+    /// win, and after `terraform/<env>.tfvars` when there is one. The
+    /// environment is passed last: no file can make a run target another.
+    pub fn new(dir: &Path, env: &str, base: &[(String, String)], user: &Vars) -> Self {
+        let mut var_args: Vec<String> = base.iter().map(|(k, v)| format!("-var={k}={v}")).collect();
+        // The sandbox's copy of terraform/ has the same files.
+        if let Some(file) = crate::environment::tfvars(dir, env) {
+            var_args.push(format!("-var-file={}", absolute(&file).display()));
+        }
+        for (k, v) in &user.vars {
             var_args.push(format!("-var={k}={v}"));
         }
         for file in &user.files {
             var_args.push(format!("-var-file={}", absolute(file).display()));
         }
+        var_args.push(format!("-var=environment={env}"));
         sweep_stale_plans(dir);
-        Terraform { dir: dir.to_path_buf(), var_args }
+        let workspace = crate::environment::workspace(env).to_owned();
+        Terraform { dir: dir.to_path_buf(), var_args, environment: env.to_owned(), workspace }
+    }
+
+    pub fn environment(&self) -> &str {
+        &self.environment
+    }
+
+    pub fn workspace(&self) -> &str {
+        &self.workspace
     }
 
     pub fn dir(&self) -> &Path {
@@ -351,7 +374,8 @@ impl Terraform {
         let mut cmd = Command::new("terraform")
             .arg(format!("-chdir={}", self.dir.display()))
             .args(words.iter().copied())
-            .lock_file(self.dir.join(".terraform.tfstate.lock.info"));
+            .env("TF_WORKSPACE", &self.workspace)
+            .lock_file(self.lock_info());
         if !std::io::stderr().is_terminal() {
             cmd = cmd.arg("-no-color");
         }
@@ -364,7 +388,7 @@ impl Terraform {
         // init that succeeded here: the configuration, the lock file, the CLI
         // configuration and the backend state.
         let stamp = self.dir.join(".terraform").join(INIT_STAMP);
-        let inputs = init_inputs(&self.dir);
+        let inputs = init_inputs(&self.dir, &self.workspace);
         let data_dir_moved = std::env::var_os("TF_DATA_DIR").is_some();
         if !data_dir_moved && std::fs::read_to_string(&stamp).is_ok_and(|s| s == inputs) {
             crate::detail!("terraform init: nothing changed since the last init here; skipped");
@@ -430,8 +454,37 @@ impl Terraform {
                 out.tail(20)
             );
         }
+        self.ensure_workspace()?;
         // Read again: init may have written the lock file or the backend state.
-        let _ = std::fs::write(&stamp, init_inputs(&self.dir));
+        let _ = std::fs::write(&stamp, init_inputs(&self.dir, &self.workspace));
+        Ok(())
+    }
+
+    /// The local state lock terraform holds while it runs (local backend).
+    fn lock_info(&self) -> PathBuf {
+        let state = crate::environment::local_state_path(&self.dir, &self.workspace);
+        state.with_file_name(".terraform.tfstate.lock.info")
+    }
+
+    /// The environment's workspace exists after init: created the first
+    /// time an environment is deployed.
+    fn ensure_workspace(&self) -> Result<()> {
+        if self.workspace == "default" {
+            return Ok(());
+        }
+        let out = self.cmd(&["workspace", "list"]).quiet().run_ok()?;
+        let listed = out.stdout.lines().any(|l| l.trim_start_matches('*').trim() == self.workspace);
+        if !listed {
+            let out = self.cmd(&["workspace", "new"]).arg(&self.workspace).quiet().run()?;
+            if !out.success() && !out.stdout.contains("already exists") && !out.stderr.contains("already exists") {
+                bail!(
+                    "could not create the Terraform workspace `{}` for the environment:\n{}\nFix what it names, then run the same casey-deploy command again",
+                    self.workspace,
+                    out.tail(10)
+                );
+            }
+            crate::say!("terraform workspace `{}` created: the environment's own state", self.workspace);
+        }
         Ok(())
     }
 
@@ -471,7 +524,7 @@ impl Terraform {
     /// a crash, a lost connection) may have created resources it never
     /// recorded, and the next `infra` adopts them (see [`interrupted_apply`]).
     pub fn apply(&self, plan_file: &PlanFile) -> Result<Output> {
-        let marker = ApplyMarker::write(&self.dir)?;
+        let marker = ApplyMarker::write(&self.dir, &self.workspace)?;
         let out = self
             .cmd(&["apply"])
             .args(["-input=false", "-lock-timeout=10s"])
@@ -820,18 +873,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("main.tf"), "terraform {}\n").unwrap();
-        let first = init_inputs(d);
-        assert_eq!(init_inputs(d), first, "stable");
+        let first = init_inputs(d, "default");
+        assert_eq!(init_inputs(d, "default"), first, "stable");
         std::fs::write(d.join("README.md"), "not read by init").unwrap();
-        assert_eq!(init_inputs(d), first, "other files do not count");
+        assert_eq!(init_inputs(d, "default"), first, "other files do not count");
         std::fs::write(d.join(".terraform.lock.hcl"), "provider {}\n").unwrap();
-        let locked = init_inputs(d);
+        let locked = init_inputs(d, "default");
         assert_ne!(locked, first, "the lock file");
         std::fs::write(d.join("main.tf"), "terraform {\n  backend \"s3\" {}\n}\n").unwrap();
-        let backend = init_inputs(d);
+        let backend = init_inputs(d, "default");
         assert_ne!(backend, locked, "a .tf file");
         std::fs::create_dir_all(d.join(".terraform/providers/registry.terraform.io/hashicorp/aws")).unwrap();
-        assert_ne!(init_inputs(d), backend, "the installed providers");
+        assert_ne!(init_inputs(d, "default"), backend, "the installed providers");
     }
 
     #[test]
@@ -856,17 +909,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("casey-deploy-outputs-test-{}", std::process::id()));
         std::fs::create_dir_all(dir.join(".terraform")).unwrap();
         std::fs::write(dir.join("main.tf"), "resource \"aws_lb\" \"backend\" {\n}\n").unwrap();
-        assert_eq!(local_state(&dir), None, "no state yet");
+        assert_eq!(local_state(&dir, "default"), None, "no state yet");
         std::fs::write(dir.join("terraform.tfstate"), "{}").unwrap();
-        assert_eq!(local_state(&dir), Some(dir.join("terraform.tfstate")));
-        std::fs::write(dir.join(".terraform/environment"), "staging").unwrap();
-        assert_eq!(local_state(&dir), None, "another workspace");
-        std::fs::remove_file(dir.join(".terraform/environment")).unwrap();
+        assert_eq!(local_state(&dir, "default"), Some(dir.join("terraform.tfstate")));
+        assert_eq!(local_state(&dir, "staging"), None, "another workspace, with no state yet");
+        std::fs::create_dir_all(dir.join("terraform.tfstate.d/staging")).unwrap();
+        std::fs::write(dir.join("terraform.tfstate.d/staging/terraform.tfstate"), "{}").unwrap();
+        assert_eq!(local_state(&dir, "staging"), Some(dir.join("terraform.tfstate.d/staging/terraform.tfstate")));
         std::fs::write(dir.join("backend.tf"), "terraform {\n  backend \"s3\" {\n  }\n}\n").unwrap();
-        assert_eq!(local_state(&dir), None, "a backend block");
+        assert_eq!(local_state(&dir, "default"), None, "a backend block");
+        assert_eq!(local_state(&dir, "staging"), None, "a backend block");
         std::fs::remove_file(dir.join("backend.tf")).unwrap();
         std::fs::write(dir.join(".terraform/terraform.tfstate"), "{}").unwrap();
-        assert_eq!(local_state(&dir), None, "an initialised backend");
+        assert_eq!(local_state(&dir, "default"), None, "an initialised backend");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,8 +12,8 @@ use serde_json::Value;
 use common::{Emulator, Keys, Project, Run, ADMIN, SERVICE};
 
 /// What doctor printed on stderr, one entry per message: each starts with
-/// a `HH:MM:SS ` stamp (dropped here); the unstamped lines after it are the
-/// rest of a message that spans lines.
+/// a `HH:MM:SS [production] ` stamp and label (dropped here); the unstamped
+/// lines after it are the rest of a message that spans lines.
 fn lines(run: &Run) -> Vec<String> {
     let mut messages: Vec<String> = Vec::new();
     for line in run.stderr.lines() {
@@ -28,7 +28,9 @@ fn lines(run: &Run) -> Vec<String> {
             }
             _ => {
                 assert!(stamped, "stderr does not start with a stamp: {line:?}\n{}", run.stderr);
-                messages.push(line[9..].to_owned());
+                let labelled = line[9..].strip_prefix("[production] ");
+                let message = labelled.unwrap_or_else(|| panic!("a line without the environment: {line:?}"));
+                messages.push(message.to_owned());
             }
         }
     }

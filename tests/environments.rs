@@ -5,9 +5,11 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{copy_terraform, repo_root, Emulator, Project, ADMIN, SERVICE};
+use common::{copy_terraform, drain, pty, repo_root, wait_for, Emulator, Project, ADMIN, SERVICE};
 
 /// The last commit whose terraform/ had no environment-specific names.
 const BEFORE_ENVIRONMENTS: &str = "2e4d919";
@@ -119,4 +121,123 @@ fn a_stack_of_the_code_before_environments_plans_no_changes_and_staging_lives_be
     assert_eq!(project.terraform(admin, &["workspace", "select", "default"]).code, Some(0));
     let plan = project.terraform(admin, &["plan", "-input=false", "-detailed-exitcode"]);
     assert_eq!(plan.code, Some(0), "production after staging's apply:\n{}{}", plan.stdout, plan.stderr);
+}
+
+/// ACTIVE clusters named `name` (a deleted one stays INACTIVE for a while, as on ECS).
+fn active_cluster(emulator: &Emulator, name: &str) -> bool {
+    let described = emulator.aws(&["ecs", "describe-clusters", "--clusters", name]);
+    described["clusters"].as_array().into_iter().flatten().any(|c| c["status"] == "ACTIVE")
+}
+
+/// Every stamped stderr line (`HH:MM:SS [env] …`) names the environment.
+#[track_caller]
+fn every_line_names(run: &common::Run, env: &str) {
+    let label = format!("[{env}] ");
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| l.as_bytes().get(2) == Some(&b':')).collect();
+    assert!(!lines.is_empty(), "{}", run.stderr);
+    for line in lines {
+        assert_eq!(line.get(9..9 + label.len()), Some(label.as_str()), "a line without the environment: {line:?}");
+    }
+}
+
+#[test]
+fn staging_through_the_tool_beside_production_with_its_own_state_and_destroyed_alone() {
+    let emulator = Emulator::start();
+    let project = Project::new(&emulator);
+    // Production's apply on a terminal: its name must be typed; `yes` is not it.
+    let (mut master, slave) = pty();
+    let mut child =
+        project.command(&["infra"]).stdin(slave).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let err = drain(child.stderr.take().unwrap());
+    wait_for(&mut child, &err, "Type `production` to apply", Duration::from_secs(240));
+    master.write_all(b"yes\n").unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert!(
+        err.lock().unwrap().contains("apply cancelled (the answer was not `production`)"),
+        "{}",
+        err.lock().unwrap()
+    );
+    let attached = emulator.attached_policy_names(ADMIN);
+    assert!(!attached.iter().any(|n| n.starts_with("casey-terraform-admin")), "nothing was applied: {attached:?}");
+    let production = project.apply_stack(&emulator);
+    every_line_names(&production, "production");
+
+    // The environment is --env's: not a variable, and checked as terraform checks it.
+    let run = project.casey(&["infra", "--var", "environment=staging"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("chosen with --env NAME"), "{}", run.stderr);
+    let run = project.casey(&["--env", "ecs-staging", "whoami"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("another environment's admin policy part"), "{}", run.stderr);
+
+    // staging in its own workspace, its own state file; then both states
+    // move to S3, staging's beside production's.
+    // staging's own settings files: terraform/staging.env instead of .env, and staging.tfvars.
+    let tf = project.tf_dir();
+    std::fs::copy(tf.join(".env"), tf.join("staging.env")).unwrap();
+    std::fs::write(tf.join("staging.tfvars"), "tags = { Team = \"staging-team\" }\n").unwrap();
+    let staging = project.apply_environment(&emulator, "staging");
+    every_line_names(&staging, "staging");
+    assert!(staging.stderr.contains("staging.env"), "the environment's own env file: {}", staging.stderr);
+    let tagged = |cluster: &str| {
+        let described = emulator.aws(&["ecs", "describe-clusters", "--clusters", cluster, "--include", "TAGS"]);
+        let tags = described["clusters"][0]["tags"].as_array().cloned().unwrap_or_default();
+        tags.iter().any(|t| t["key"] == "Team" && t["value"] == "staging-team")
+    };
+    assert!(tagged("casey-staging") && !tagged("casey"), "staging.tfvars is staging's only");
+    assert!(project.tf_dir().join("terraform.tfstate.d/staging/terraform.tfstate").is_file());
+    let bootstrap = project.casey(&["state", "bootstrap"]);
+    bootstrap.assert_ok();
+    assert!(bootstrap.stderr.contains("moved environment staging's local state"), "{}", bootstrap.stderr);
+    assert!(!project.tf_dir().join("terraform.tfstate.d").exists(), "the local copies are set aside");
+    let bucket = format!("casey-tfstate-{}-us-east-1", emulator.account_id);
+    let listed = emulator.aws(&["s3api", "list-objects-v2", "--bucket", &bucket]);
+    let mut keys: Vec<&str> =
+        listed["Contents"].as_array().unwrap().iter().map(|o| o["Key"].as_str().unwrap()).collect();
+    keys.sort();
+    assert_eq!(keys, ["casey/production/terraform.tfstate", "casey/staging/casey/production/terraform.tfstate"]);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().display().to_string();
+    let key = "casey/staging/casey/production/terraform.tfstate";
+    emulator.aws(&["s3api", "get-object", "--bucket", &bucket, "--key", key, &path]);
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
+    assert_eq!(state["outputs"]["ecs_cluster_name"]["value"], "casey-staging", "staging's own outputs");
+
+    assert!(active_cluster(&emulator, "casey") && active_cluster(&emulator, "casey-staging"));
+    for cluster in ["casey", "casey-staging"] {
+        let services = names(&emulator, &["ecs", "list-services", "--cluster", cluster], "serviceArns");
+        assert_eq!(services.len(), 1, "{cluster}: {services:?}");
+    }
+    // Results name the environment too.
+    let who = project.casey(&["--env", "staging", "--json", "whoami"]);
+    who.assert_ok();
+    let doc: serde_json::Value = serde_json::from_str(&who.stdout).unwrap();
+    assert_eq!(doc["environment"], "staging", "{doc:#}");
+    let url = project.casey(&["--env", "staging", "backend-url"]);
+    url.assert_ok();
+    let production_url = project.casey(&["backend-url"]);
+    production_url.assert_ok();
+    assert_ne!(url.stdout, production_url.stdout, "each environment has its own task and URL");
+
+    // Each plans no changes; staging's teardown leaves production as it was.
+    for env in ["production", "staging"] {
+        let run = project.casey(&["--env", env, "infra", "--yes"]);
+        run.assert_ok();
+        assert!(run.stderr.contains("No changes"), "{env}: {}", run.stderr);
+    }
+    let admin_policies = emulator.attached_policy_names(ADMIN);
+    assert_eq!(admin_policies.len(), 6, "{admin_policies:?}");
+    let run = project.casey(&["--env", "staging", "destroy", "--yes"]);
+    run.assert_ok();
+    every_line_names(&run, "staging");
+    assert!(!active_cluster(&emulator, "casey-staging"), "staging's cluster is gone");
+    assert!(active_cluster(&emulator, "casey"), "production's cluster stays");
+    let repos = emulator.aws(&["ecr", "describe-repositories"]);
+    let repos: Vec<&str> =
+        repos["repositories"].as_array().unwrap().iter().map(|r| r["repositoryName"].as_str().unwrap()).collect();
+    assert_eq!(repos, ["casey-backend"]);
+    assert_eq!(emulator.attached_policy_names(ADMIN), admin_policies, "each environment's admin policies are kept");
+    let run = project.casey(&["infra", "--yes"]);
+    run.assert_ok();
+    assert!(run.stderr.contains("No changes"), "production after staging's destroy: {}", run.stderr);
 }

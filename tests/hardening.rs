@@ -207,7 +207,7 @@ fn sigint_at_the_apply_prompt_leaves_no_plan_file() {
         .unwrap();
     let stdout = drain(child.stdout.take().unwrap());
     let stderr = drain(child.stderr.take().unwrap());
-    wait_for(&mut child, &stderr, "Apply this plan?", Duration::from_secs(240));
+    wait_for(&mut child, &stderr, "Apply this plan to environment production?", Duration::from_secs(240));
     let dirs = plan_dirs(&project.tf_dir());
     assert_eq!(dirs.len(), 1, "the plan waits in its folder while the question is asked: {dirs:?}");
     assert!(project.tf_dir().join(".terraform/casey-deploy.lock").is_file(), "the run holds the deploy lock");
@@ -610,9 +610,9 @@ fn only_the_pinned_account_may_deploy() {
     // doctor says the same, as a FAIL.
     let doctor = project.casey(&["doctor"]);
     assert!(!doctor.ok());
-    // Human text is on stderr, each line after a `HH:MM:SS ` stamp.
+    // Human text is on stderr, each line after a `HH:MM:SS [environment] ` stamp.
     assert!(
-        doctor.stderr.lines().filter_map(|l| l.get(9..)).any(|l| {
+        doctor.stderr.lines().filter_map(|l| l.get(9..)?.strip_prefix("[production] ")).any(|l| {
             let mut words = l.split_whitespace();
             words.next() == Some("FAIL") && words.next() == Some("account") && l.contains(other)
         }),

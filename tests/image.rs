@@ -560,8 +560,9 @@ fn deploy_flow() {
     assert_eq!(now.len(), 1);
     assert_eq!(stdout_value(&run, "NEXT_PUBLIC_WS_URL"), format!("ws://{}:3001/ws", now[0].ip));
     for step in ["docker", "infra", "build", "push", "rollout", "backend-url", "total"] {
-        // Off a terminal each line starts with an `HH:MM:SS` stamp.
-        let row = |l: &str| l.split_once(' ').is_some_and(|(_, rest)| rest.starts_with(step));
+        // Off a terminal each line starts with an `HH:MM:SS [environment]` stamp.
+        let row =
+            |l: &str| l.get(9..).and_then(|l| l.strip_prefix("[production] ")).is_some_and(|r| r.starts_with(step));
         assert!(run.stderr.lines().any(row), "summary row {step}: {}", run.stderr);
     }
     assert!(run.stderr.contains("in parallel with infra"), "the build overlapped terraform: {}", run.stderr);

@@ -275,6 +275,25 @@ fn all_local_deploys_a_backend_that_answers_and_leaves_the_real_state_alone() {
     assert!(again.stderr.contains("No changes"), "infra from the S3 state: {}", again.stderr);
     project.assert_real_state_untouched();
 
+    // Another environment in the sandbox: its own state beside production's, destroyed alone.
+    let staging = project.casey(&["--local", "--env", "staging", "infra"], &[]);
+    staging.assert_ok();
+    assert!(staging.stderr.contains("[staging] "), "{}", staging.stderr);
+    let key = "casey/staging/casey/production/terraform.tfstate";
+    let bucket = "casey-tfstate-123456789012-us-east-1";
+    let object = project.aws(&["s3api", "head-object", "--bucket", bucket, "--key", key]);
+    assert!(object["ContentLength"].as_u64().unwrap_or_default() > 0, "{object}");
+    let active = |name: &str| {
+        let described = project.aws(&["ecs", "describe-clusters", "--clusters", name]);
+        described["clusters"].as_array().into_iter().flatten().any(|c| c["status"] == "ACTIVE")
+    };
+    assert!(active("casey-staging") && active("casey"));
+    project.casey(&["--local", "--env", "staging", "destroy"], &[]).assert_ok();
+    assert!(!active("casey-staging") && active("casey"), "staging's destroy leaves production");
+    let again = project.casey(&["infra", "--local"], &[]);
+    again.assert_ok();
+    assert!(again.stderr.contains("No changes"), "production after staging's destroy: {}", again.stderr);
+
     // Down: the task processes are gone with the emulator.
     project.casey(&["sandbox", "down"], &[]).assert_ok();
     let (host, port) = host_port(&url2);

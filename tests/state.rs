@@ -75,11 +75,12 @@ fn bootstrap_moves_the_applied_local_state_into_s3_and_infra_plans_no_changes() 
     assert!(!moved.is_empty(), "the old local state is kept as a backup");
     let backend = std::fs::read_to_string(tf.join("backend.tf")).unwrap();
     for line in [
-        &format!("bucket         = \"{BUCKET}\""),
-        &format!("key            = \"{KEY}\""),
-        "use_lockfile   = true",
-        "use_path_style = true",
-        "encrypt        = true",
+        &format!("bucket               = \"{BUCKET}\""),
+        &format!("key                  = \"{KEY}\""),
+        "use_lockfile         = true",
+        "use_path_style       = true",
+        "encrypt              = true",
+        "workspace_key_prefix = \"casey\"",
     ] {
         assert!(backend.contains(line), "no `{line}` in backend.tf:\n{backend}");
     }

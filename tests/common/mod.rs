@@ -364,13 +364,20 @@ impl Project {
     /// image is recorded in ECR (what `image` pushes) and a second run creates
     /// the service. Panics on failure.
     pub fn apply_stack(&self, emulator: &Emulator) -> Run {
-        let run = self.casey(&["infra", "--yes"]);
+        self.apply_environment(emulator, "production")
+    }
+
+    /// [`Project::apply_stack`] for environment `env` (`--env`), whose
+    /// repository outside production is `casey-backend-<env>`.
+    pub fn apply_environment(&self, emulator: &Emulator, env: &str) -> Run {
+        let run = self.casey(&["--env", env, "infra", "--yes"]);
         run.assert_ok();
         if !run.stderr.contains("is not in ECR yet") {
             return run;
         }
-        emulator.put_image("casey-backend", "latest");
-        let run = self.casey(&["infra", "--yes"]);
+        let repository = if env == "production" { "casey-backend".to_owned() } else { format!("casey-backend-{env}") };
+        emulator.put_image(&repository, "latest");
+        let run = self.casey(&["--env", env, "infra", "--yes"]);
         run.assert_ok();
         run
     }
