@@ -113,7 +113,7 @@ fn steps(ctx: &Ctx, all: &AllArgs, summary: &mut Summary) -> Result<url::Resolve
     summary.pushed = Some(pushed.to_json(image));
     let outputs = summary.step("rollout", || {
         let record = image::new_release(ctx, &repo, image, &pushed);
-        image::deploy(ctx, &args.infra, &args.rollout, record)
+        crate::deploy::deploy(ctx, &args.infra, &args.rollout, record)
     })?;
     if matches!(outcome, Outcome::WaitingForImage(_)) {
         summary.note("rollout", "created the service");

@@ -4,7 +4,8 @@
 //! - Face: `main`, `cli` (clap, turned into each step's plain `Options`),
 //!   `all` (composes the steps), `doctor` (lists the modules' own checks).
 //! - Steps, one per verb: `infra`, `import`, `image` (+ `publish`, the one
-//!   build → push → digest path), `rollout`, `rollback`, `history`, `url`,
+//!   build → push → digest path, and `deploy`, the one record → apply →
+//!   follow path of a release), `rollout`, `rollback`, `history`, `url`,
 //!   `status`, `logs`, `state` (bootstrap: the state into S3), `destroy`.
 //! - Target: `context` (`Ctx`: the project, the checked caller, SDK clients,
 //!   and what the target provides — registry, task runner, auto-approve),
@@ -21,6 +22,7 @@ mod backend;
 mod check;
 mod cli;
 mod context;
+mod deploy;
 mod destroy;
 mod docker;
 mod doctor;
