@@ -123,7 +123,12 @@ def terraform(tf_dir: Path, env: dict, *args: str) -> str:
 LINT_DEPLOY_ROLE = "casey-lint-deploy"
 
 
-def render(workdir: Path) -> dict:
+# The longest environment name variables.tf accepts: outside production every environment-scoped ARN in the
+# admin's policies carries "-<environment>", so this renders the largest documents any environment can have.
+LONGEST_ENVIRONMENT = "e" * 16
+
+
+def render(workdir: Path, *extra_vars: str) -> dict:
     """The stack's plan as JSON (`terraform show -json`), planned against a fresh emulator."""
     tf_dir = workdir / "terraform"
     tf_dir.mkdir()
@@ -158,7 +163,7 @@ def render(workdir: Path) -> dict:
             fail(f"could not create the deploy role in the emulator (CASEY_PYTHON needs awscli):\n{aws.stderr}")
         terraform(tf_dir, env, "init", "-input=false", "-backend=false")
         terraform(tf_dir, env, "plan", "-input=false", "-lock=false", "-out=lint.tfplan",
-                  f"-var=terraform_admin_role_name={LINT_DEPLOY_ROLE}")
+                  f"-var=terraform_admin_role_name={LINT_DEPLOY_ROLE}", *extra_vars)
         return json.loads(terraform(tf_dir, env, "show", "-json", "lint.tfplan"))
     finally:
         emulator.terminate()
@@ -244,6 +249,17 @@ def main() -> int:
                 print(f"  justified {issue} ({(detail or where)[:100]}...): {JUSTIFIED[key]}")
             else:
                 problems.append(f"{doc['name']}: parliament {issue}: {detail} ({where})")
+    # The same statements with the longest environment suffix: sizes only (parliament saw the statements above).
+    with tempfile.TemporaryDirectory(prefix="casey-lint-iam-") as tmp:
+        longest, _ = documents(render(Path(tmp), f"-var=environment={LONGEST_ENVIRONMENT}"))
+    for doc in sorted(longest, key=lambda d: d["address"]):
+        if not doc["address"].startswith("aws_iam_policy."):
+            continue
+        print(f"{doc['name']:<40} {'(longest environment name)':<55} {doc['size']:>5} / {doc['quota']} characters")
+        if doc["size"] > doc["limit"]:
+            problems.append(f"{doc['name']} (environment of {len(LONGEST_ENVIRONMENT)} characters): {doc['size']} "
+                            f"characters without whitespace, over this check's limit {doc['limit']}: split it or "
+                            "shorten the environment names variables.tf accepts")
     for key in JUSTIFIED.keys() - used:
         problems.append(f"JUSTIFIED entry {key} matches no finding any more: remove it from .ci/lint-iam.py")
     for user, count in sorted(per_user.items()):

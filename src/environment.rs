@@ -9,16 +9,16 @@ use std::path::{Path, PathBuf};
 /// stack as it was before there were environments.
 pub const PRODUCTION: &str = "production";
 
-/// The environment's name, as terraform/variables.tf validates it: 1-32
+/// The environment's name, as terraform/variables.tf validates it: 1-16
 /// lowercase letters, digits and dashes, starting and ending with a letter
 /// or digit, and not `ecs`/`network` as a first word (the admin policy
 /// parts end in them). Checked here too, before any call is made.
 pub fn parse(name: &str) -> Result<String, String> {
     let chars_ok = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     let ends_ok = !name.starts_with('-') && !name.ends_with('-');
-    if name.is_empty() || name.len() > 32 || !chars_ok || !ends_ok {
+    if name.is_empty() || name.len() > 16 || !chars_ok || !ends_ok {
         return Err(format!(
-            "`{name}` is not an environment name: 1-32 lowercase letters, digits or dashes, starting and ending with a letter or digit (e.g. staging)"
+            "`{name}` is not an environment name: 1-16 lowercase letters, digits or dashes, starting and ending with a letter or digit (e.g. staging)"
         ));
     }
     let first_word = name.split('-').next().unwrap_or_default();
@@ -72,10 +72,10 @@ mod tests {
 
     #[test]
     fn names_are_checked_as_terraform_checks_them() {
-        for good in ["production", "staging", "dev-2", "a", "ecsx", "networking", &"a".repeat(32)] {
+        for good in ["production", "staging", "dev-2", "a", "ecsx", "networking", &"a".repeat(16)] {
             assert_eq!(parse(good).as_deref(), Ok(good), "{good}");
         }
-        for bad in ["", "Staging", "-a", "a-", "a_b", "ecs", "ecs-staging", "network", "network-1", &"a".repeat(33)] {
+        for bad in ["", "Staging", "-a", "a-", "a_b", "ecs", "ecs-staging", "network", "network-1", &"a".repeat(17)] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert_eq!(workspace("production"), "default");

@@ -27,14 +27,14 @@ variable "allowed_account_ids" {
 }
 
 variable "environment" {
-  description = "Environment name: the Environment tag, and outside production the suffix \"-<environment>\" of every name AWS needs unique (cluster, service, ECR repository, log groups, roles, policies, security groups, ALB, release parameter), so environments live side by side in one account. Lowercase letters, digits and dashes, 1-32 characters, not starting with \"ecs\" or \"network\" as a word (the admin policy parts' names end in them). Default: \"production\", whose names carry no suffix."
+  description = "Environment name: the Environment tag, and outside production the suffix \"-<environment>\" of every name AWS needs unique (cluster, service, ECR repository, log groups, roles, policies, security groups, ALB, release parameter), so environments live side by side in one account. Lowercase letters, digits and dashes, 1-16 characters (each environment-scoped ARN in the admin's policies carries the suffix: .ci/lint-iam.py renders the longest), not starting with \"ecs\" or \"network\" as a word (the admin policy parts' names end in them). Default: \"production\", whose names carry no suffix."
   type        = string
   default     = "production"
   nullable    = false
 
   validation {
-    condition     = can(regex("^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$", var.environment))
-    error_message = "environment must be 1-32 lowercase letters, digits or dashes, starting and ending with a letter or digit (e.g. \"production\")."
+    condition     = can(regex("^[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?$", var.environment))
+    error_message = "environment must be 1-16 lowercase letters, digits or dashes, starting and ending with a letter or digit (e.g. \"production\")."
   }
 
   # casey-terraform-admin-<env> would be environment "ecs-<x>"'s name for the
