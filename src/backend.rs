@@ -7,6 +7,7 @@ use std::path::Path;
 /// The file `state bootstrap` writes; teams commit it.
 pub const FILE: &str = "backend.tf";
 
+use crate::check::Problem;
 use crate::environment::PRODUCTION;
 
 /// The prefix of the other environments' state keys (Terraform's S3
@@ -105,55 +106,49 @@ pub const CHECK: &str = "state";
 
 /// Where the state is: in S3 (as `backend.tf` says), or a local file; a
 /// `backend.tf` this tool cannot read is a problem (the lock would be
-/// taken beside a state it does not know).
-pub fn check(dir: &Path, env: &str) -> Result<String, crate::check::Problem> {
-    check_environment(dir, env).map_err(|why| crate::check::Problem::fail(CHECK, why.found, why.fix))?;
-    match configured(dir) {
-        Ok(Some(b)) => Ok(format!("s3://{}/{} ({}, Terraform's native lock)", b.bucket, b.state_key(env), b.region)),
-        Ok(None) => Ok("a local file, on this machine only (`casey-deploy state bootstrap` moves it to S3)".into()),
-        Err(why) => Err(crate::check::Problem::fail(
+/// taken beside a state it does not know), and so is an S3 backend that
+/// cannot hold environment `env`'s state (see [`load`]).
+pub fn check(dir: &Path, env: &str) -> Result<String, Problem> {
+    Ok(match load(dir, env)? {
+        Some(b) => format!("s3://{}/{} ({}, Terraform's native lock)", b.bucket, b.state_key(env), b.region),
+        None => "a local file, on this machine only (`casey-deploy state bootstrap` moves it to S3)".into(),
+    })
+}
+
+/// `dir/backend.tf`, read once per run: `None` for a local state. An
+/// environment other than production needs `workspace_key_prefix`:
+/// without it Terraform keeps the state under `env:/`, which the admin
+/// policy does not grant (and a team would not look for).
+pub fn load(dir: &Path, env: &str) -> Result<Option<Backend>, Problem> {
+    let backend = configured(dir).map_err(|why| {
+        Problem::fail(
             CHECK,
             why,
             format!(
                 "write the S3 backend as `state bootstrap` does (bucket, key, region as strings), or move {FILE} aside"
             ),
-        )),
+        )
+    })?;
+    match &backend {
+        Some(b) if env != PRODUCTION && b.workspace_key_prefix.is_none() => Err(no_prefix(dir, b, env)),
+        _ => Ok(backend),
     }
 }
 
-/// An environment other than production needs `workspace_key_prefix` in
-/// an S3 backend: without it Terraform keeps the state under `env:/`, which
-/// the admin policy does not grant (and a team would not look for).
-#[derive(Debug)]
-pub struct NoPrefix {
-    pub found: String,
-    pub fix: String,
-}
-
-impl std::fmt::Display for NoPrefix {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}; {}", self.found, self.fix)
-    }
-}
-
-impl std::error::Error for NoPrefix {}
-
-pub fn check_environment(dir: &Path, env: &str) -> Result<(), NoPrefix> {
-    let Ok(Some(backend)) = configured(dir) else { return Ok(()) };
-    if env == PRODUCTION || backend.workspace_key_prefix.is_some() {
-        return Ok(());
-    }
-    Err(NoPrefix {
-        found: format!(
+/// The problem of an S3 backend without `workspace_key_prefix`, for environment `env`.
+pub fn no_prefix(dir: &Path, backend: &Backend, env: &str) -> Problem {
+    Problem::fail(
+        CHECK,
+        format!(
             "{} sets no workspace_key_prefix, so environment {env}'s state would be s3://{}/{}, outside the admin's rights",
             dir.join(FILE).display(),
             backend.bucket,
             backend.state_key(env)
         ),
-        fix: format!(
+        format!(
             "add `workspace_key_prefix = \"{WORKSPACE_KEY_PREFIX}\"` to its backend \"s3\" block (as `state bootstrap` writes it; production's state does not move), commit it, then run the command again"
         ),
-    })
+    )
 }
 
 /// What `dir/backend.tf` configures: `Ok(None)` without the file, an error

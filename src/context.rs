@@ -41,6 +41,8 @@ pub struct Ctx {
     pub pin: Option<identity::Pin>,
     /// The environment this run targets (`production` by default).
     pub environment: String,
+    /// Where the state is (`terraform/backend.tf`, read once): `None` for a local state.
+    pub backend: Option<crate::backend::Backend>,
     tf_dir: PathBuf,
     rt: Arc<tokio::runtime::Runtime>,
 }
@@ -101,8 +103,8 @@ impl Ctx {
         // The account pin is read (and --account checked) before any call,
         // from a state that a killed apply may have left broken.
         crate::terraform::recover_state(&tf_dir, &workspace)?;
-        crate::backend::check_environment(&tf_dir, &environment)?;
-        let pin = identity::account_pin(target.account.as_deref(), &tf_dir, &workspace)?;
+        let backend = crate::backend::load(&tf_dir, &environment)?;
+        let pin = identity::account_pin(target.account.as_deref(), &tf_dir, &workspace, backend.as_ref())?;
         let identity = rt.block_on(identity::caller(&sdk, &settings))?;
         identity::check(&identity, &principals)?;
         identity::check_account(&identity, pin.as_ref())?;
@@ -119,7 +121,7 @@ impl Ctx {
             };
             Ok(crate::aws::child_env(&creds, &region))
         }));
-        Ok(Ctx { project, principals, sdk, identity, sandbox, pin, environment, tf_dir, rt })
+        Ok(Ctx { project, principals, sdk, identity, sandbox, pin, environment, backend, tf_dir, rt })
     }
 
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {

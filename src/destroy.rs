@@ -54,9 +54,9 @@ pub fn run(ctx: &Ctx, args: &Options) -> Result<()> {
     say!(
         "kept: the admin's policies ({}) and their attachments, the Terraform state{}",
         infra::ADMIN_TARGETS.join(", "),
-        match crate::backend::configured(tf.dir()) {
-            Ok(Some(b)) => format!(" and its bucket s3://{}", b.bucket),
-            _ => String::new(),
+        match &ctx.backend {
+            Some(b) => format!(" and its bucket s3://{}", b.bucket),
+            None => String::new(),
         }
     );
     confirm(ctx, args, &summary)?;

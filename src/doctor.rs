@@ -346,7 +346,8 @@ fn check_account(
     workspace: &str,
     caller: Option<&Identity>,
 ) {
-    let pin = match identity::account_pin(explicit, tf_dir, workspace) {
+    let backend = crate::backend::configured(tf_dir).ok().flatten();
+    let pin = match identity::account_pin(explicit, tf_dir, workspace, backend.as_ref()) {
         Ok(pin) => pin,
         Err(problem) => return report.problem(problem),
     };

@@ -266,7 +266,12 @@ pub const ACCOUNT: &str = "account";
 /// the applied stack lives in (the `account_id` output of a local state;
 /// read as a file, since no child may run before the guard). Both set and
 /// different: refused. Neither: `None` (the first apply pins nothing).
-pub fn account_pin(explicit: Option<&str>, tf_dir: &Path, workspace: &str) -> Result<Option<Pin>, Problem> {
+pub fn account_pin(
+    explicit: Option<&str>,
+    tf_dir: &Path,
+    workspace: &str,
+    backend: Option<&crate::backend::Backend>,
+) -> Result<Option<Pin>, Problem> {
     let explicit = explicit.map(str::trim).filter(|a| !a.is_empty());
     if let Some(account) = explicit {
         if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
@@ -277,7 +282,7 @@ pub fn account_pin(explicit: Option<&str>, tf_dir: &Path, workspace: &str) -> Re
             ));
         }
     }
-    let recorded = state_account(tf_dir, workspace)?;
+    let recorded = state_account(tf_dir, workspace, backend)?;
     match (explicit, recorded) {
         (Some(given), Some((state, path))) if given != state => Err(Problem::fail(
             ACCOUNT,
@@ -314,11 +319,14 @@ pub fn check_account(identity: &Identity, pin: Option<&Pin>) -> Result<(), Probl
 }
 
 /// `account_id` from the local state, when there is one.
-fn state_account(tf_dir: &Path, workspace: &str) -> Result<Option<(String, std::path::PathBuf)>, Problem> {
+fn state_account(
+    tf_dir: &Path,
+    workspace: &str,
+    backend: Option<&crate::backend::Backend>,
+) -> Result<Option<(String, std::path::PathBuf)>, Problem> {
     let Some(path) = crate::terraform::local_state(tf_dir, workspace) else {
         // A state in S3: the bucket `state bootstrap` names after its account.
-        let configured = crate::backend::configured(tf_dir).ok().flatten();
-        let account = configured.as_ref().and_then(|b| b.account()).map(str::to_owned);
+        let account = backend.and_then(|b| b.account()).map(str::to_owned);
         return Ok(account.map(|a| (a, tf_dir.join(crate::backend::FILE))));
     };
     let text = std::fs::read_to_string(&path).map_err(|err| {

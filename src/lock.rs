@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::backend;
 use crate::context::Ctx;
 use crate::{say, warn};
 
@@ -35,8 +34,10 @@ fn local_lock_name(env: &str) -> String {
 impl Store {
     fn of(ctx: &Ctx) -> Result<Store> {
         let dir = ctx.terraform_dir();
-        match backend::configured(&dir).map_err(|why| anyhow!("{why}"))? {
-            Some(b) => Ok(Store::S3 { client: ctx.s3(&b.region), key: b.lock_key(&ctx.environment), bucket: b.bucket }),
+        match &ctx.backend {
+            Some(b) => {
+                Ok(Store::S3 { client: ctx.s3(&b.region), key: b.lock_key(&ctx.environment), bucket: b.bucket.clone() })
+            }
             None => Ok(Store::File(dir.join(".terraform").join(local_lock_name(&ctx.environment)))),
         }
     }

@@ -21,8 +21,7 @@ use crate::say;
 pub fn bootstrap(ctx: &Ctx) -> Result<()> {
     let dir = ctx.terraform_dir();
     let region = ctx.region();
-    let configured = backend::configured(&dir)
-        .map_err(|why| anyhow!("{why}; move it aside to let `state bootstrap` write its own"))?;
+    let configured = ctx.backend.clone();
     let backend = configured.clone().unwrap_or_else(|| Backend::default_for(&ctx.identity.account, &region));
     let s3 = ctx.s3(&backend.region);
     let partition = ctx.identity.arn.split(':').nth(1).unwrap_or("aws").to_owned();
@@ -41,9 +40,8 @@ pub fn bootstrap(ctx: &Ctx) -> Result<()> {
     // The other environments' local states (terraform's workspaces) go
     // along: terraform migrates every workspace.
     let others = other_workspaces(&dir)?;
-    if !others.is_empty() && backend.workspace_key_prefix.is_none() {
-        let fix = backend::check_environment(&dir, &others[0].0).err().map(|e| e.to_string()).unwrap_or_default();
-        bail!("nothing was moved: {fix}");
+    if let (Some((env, _)), None) = (others.first(), &backend.workspace_key_prefix) {
+        bail!("nothing was moved: {}", backend::no_prefix(&dir, &backend, env));
     }
     for (workspace, state) in &others {
         let key = backend.state_key(workspace);
@@ -64,7 +62,7 @@ pub fn bootstrap(ctx: &Ctx) -> Result<()> {
 
     if configured.is_some() && local.is_none() && others.is_empty() && initialised {
         say!("done already: the state is in s3://{}/{}; nothing else to change", backend.bucket, backend.key);
-        return summary(&backend, changed, false);
+        return summary(&backend, changed, false, &[]);
     }
     if let (Some(local), Some(remote)) = (&local, &remote) {
         if !local.same_content(remote) {
@@ -140,13 +138,14 @@ pub fn bootstrap(ctx: &Ctx) -> Result<()> {
     if moved || !others.is_empty() {
         set_aside(&dir)?;
     }
-    summary(&backend, changed, moved)
+    summary(&backend, changed, moved, &others)
 }
 
-fn summary(backend: &Backend, changed: Vec<String>, moved: bool) -> Result<()> {
+fn summary(backend: &Backend, changed: Vec<String>, moved: bool, others: &[(String, StateId)]) -> Result<()> {
+    let environments: Vec<&str> = others.iter().map(|(name, _)| name.as_str()).collect();
     crate::output::summary(json!({
         "bucket": backend.bucket, "key": backend.key, "region": backend.region,
-        "bucket_changes": changed, "state_moved": moved,
+        "bucket_changes": changed, "state_moved": moved, "other_environments_moved": environments,
     }));
     Ok(())
 }

@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::{drain, pty, wait_for, Emulator, Project, ADMIN};
+use common::{answer_on_terminal, Emulator, Project, ADMIN};
 
 /// ACTIVE clusters (a deleted one is INACTIVE, and may stay discoverable for a while, as on ECS).
 fn clusters(emulator: &Emulator) -> usize {
@@ -40,25 +38,14 @@ fn destroy_asks_for_the_environment_and_keeps_the_admin_able_to_build_again() {
     assert_eq!(clusters(&emulator), 1);
 
     // On a terminal the environment's name must be typed; `yes` is not it.
-    let (mut master, slave) = pty();
-    let mut child =
-        project.command(&["destroy"]).stdin(slave).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let err = drain(child.stderr.take().unwrap());
-    wait_for(&mut child, &err, "Type the environment's name (production)", Duration::from_secs(240));
-    master.write_all(b"yes\n").unwrap();
-    assert!(!child.wait().unwrap().success());
-    assert!(err.lock().unwrap().contains("destroy cancelled"), "{}", err.lock().unwrap());
+    let question = "Type the environment's name (production)";
+    let limit = Duration::from_secs(240);
+    let (ok, err) = answer_on_terminal(project.command(&["destroy"]), question, "yes", limit);
+    assert!(!ok && err.contains("destroy cancelled"), "{err}");
     assert_eq!(clusters(&emulator), 1, "nothing was destroyed");
 
-    let (mut master, slave) = pty();
-    let mut child =
-        project.command(&["destroy"]).stdin(slave).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let err = drain(child.stderr.take().unwrap());
-    wait_for(&mut child, &err, "Type the environment's name (production)", Duration::from_secs(240));
-    master.write_all(b"production\n").unwrap();
-    let status = child.wait().unwrap();
-    let text = err.lock().unwrap().clone();
-    assert!(status.success(), "{text}");
+    let (ok, text) = answer_on_terminal(project.command(&["destroy"]), question, "production", limit);
+    assert!(ok, "{text}");
     assert!(text.contains("deleted the 1 image(s) in ECR repository casey-backend"), "{text}");
     assert!(text.contains("kept: the admin's policies"), "{text}");
 

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{copy_terraform, drain, pty, repo_root, wait_for, Emulator, Project, ADMIN, SERVICE};
+use common::{answer_on_terminal, copy_terraform, repo_root, Emulator, Project, ADMIN, SERVICE};
 
 /// The last commit whose terraform/ had no environment-specific names.
 const BEFORE_ENVIRONMENTS: &str = "2e4d919";
@@ -145,18 +144,9 @@ fn staging_through_the_tool_beside_production_with_its_own_state_and_destroyed_a
     let emulator = Emulator::start();
     let project = Project::new(&emulator);
     // Production's apply on a terminal: its name must be typed; `yes` is not it.
-    let (mut master, slave) = pty();
-    let mut child =
-        project.command(&["infra"]).stdin(slave).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let err = drain(child.stderr.take().unwrap());
-    wait_for(&mut child, &err, "Type `production` to apply", Duration::from_secs(240));
-    master.write_all(b"yes\n").unwrap();
-    assert!(!child.wait().unwrap().success());
-    assert!(
-        err.lock().unwrap().contains("apply cancelled (the answer was not `production`)"),
-        "{}",
-        err.lock().unwrap()
-    );
+    let question = "Type `production` to apply";
+    let (ok, err) = answer_on_terminal(project.command(&["infra"]), question, "yes", Duration::from_secs(240));
+    assert!(!ok && err.contains("apply cancelled (the answer was not `production`)"), "{err}");
     let attached = emulator.attached_policy_names(ADMIN);
     assert!(!attached.iter().any(|n| n.starts_with("casey-terraform-admin")), "nothing was applied: {attached:?}");
     let production = project.apply_stack(&emulator);
@@ -190,6 +180,23 @@ fn staging_through_the_tool_beside_production_with_its_own_state_and_destroyed_a
     bootstrap.assert_ok();
     assert!(bootstrap.stderr.contains("moved environment staging's local state"), "{}", bootstrap.stderr);
     assert!(!project.tf_dir().join("terraform.tfstate.d").exists(), "the local copies are set aside");
+
+    // A backend.tf without workspace_key_prefix keeps production working and
+    // stops any other environment before a call (its state would be under `env:/`).
+    let backend_tf = tf.join("backend.tf");
+    let written = std::fs::read_to_string(&backend_tf).unwrap();
+    let without: String =
+        written.lines().filter(|l| !l.contains("workspace_key_prefix")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&backend_tf, &without).unwrap();
+    project.casey(&["whoami"]).assert_ok();
+    let refused = project.casey(&["--env", "staging", "whoami"]);
+    refused.assert_fails_with("sets no workspace_key_prefix, so environment staging's state would be s3://");
+    refused.assert_fails_with("add `workspace_key_prefix = \"casey\"`");
+    let doctor = project.casey(&["--env", "staging", "doctor"]);
+    assert!(!doctor.ok() && doctor.stderr.contains("sets no workspace_key_prefix"), "{}", doctor.stderr);
+    std::fs::write(&backend_tf, "terraform {\n  backend \"gcs\" {}\n}\n").unwrap();
+    project.casey(&["whoami"]).assert_fails_with("configures no S3 backend");
+    std::fs::write(&backend_tf, &written).unwrap();
     let bucket = format!("casey-tfstate-{}-us-east-1", emulator.account_id);
     let listed = emulator.aws(&["s3api", "list-objects-v2", "--bucket", &bucket]);
     let mut keys: Vec<&str> =

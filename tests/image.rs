@@ -637,6 +637,39 @@ fn deploy_flow() {
     run.assert_ok();
     assert!(run.stderr.contains("is already live: nothing to roll back"), "{}", run.stderr);
 
+    // --- two `all` at once: the deploy lock serialises them. The second
+    // waits for the first to finish its rollout, then deploys its own.
+    let (_first_dir, first_context) = unique_context();
+    let (_second_dir, second_context) = unique_context();
+    let (first_tag, second_tag) = (unique("lock-first"), unique("lock-second"));
+    let lock = project.tf_dir().join(".terraform/casey-deploy.lock");
+    assert!(!lock.exists(), "no run holds the deploy lock");
+    let all = |context: &Path, tag: &str| {
+        let context = context_arg(context);
+        let args = ["all", "--yes", "--registry", &registry, "--context", &context, "--tag", tag, "--timeout", "120"];
+        let mut args = args.to_vec();
+        args.extend(["--lock-timeout", "10m"]);
+        project.command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let first_all = all(&first_context, &first_tag);
+    wait_until("the first `all` to take the deploy lock", 60, || lock.is_file());
+    let second_all = all(&second_context, &second_tag);
+    let (first_all, second_all) = (first_all.wait_with_output().unwrap(), second_all.wait_with_output().unwrap());
+    let (first_err, second_err) =
+        (String::from_utf8_lossy(&first_all.stderr), String::from_utf8_lossy(&second_all.stderr));
+    assert!(first_all.status.success(), "{first_err}");
+    assert!(second_all.status.success(), "{second_err}");
+    assert!(second_err.contains("waiting for the deploy lock"), "the second waited: {second_err}");
+    assert!(!first_err.contains("waiting for the deploy lock"), "{first_err}");
+    let history = history_of(&project);
+    assert_eq!(history[0]["tag"], second_tag.as_str(), "{history:?}");
+    assert_eq!((history[0]["outcome"].as_str(), history[0]["live"].as_bool()), (Some("completed"), Some(true)));
+    assert_eq!(history[1]["tag"], first_tag.as_str(), "{history:?}");
+    assert_eq!(history[1]["outcome"], "completed", "the first rollout ran to its end undisturbed: {history:?}");
+    let second_digest = registry_digest(&registry, &second_tag);
+    assert_eq!(running_tasks(&emulator)[0].image, format!("{ECR}/{REPOSITORY}@{second_digest}"));
+    assert!(!lock.exists(), "the deploy lock is released");
+
     // --- running tasks without a public IP (private subnets behind a NAT
     // gateway, which Fargate needs then to reach ECR): a clear error that
     // says what to check.

@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{drain, pty, wait_for, Emulator, Project, Run};
+use common::{answer_on_terminal, drain, Emulator, Project, Run};
 
 const BUCKET: &str = "casey-tfstate-123456789012-us-east-1";
 const KEY: &str = "casey/production/terraform.tfstate";
@@ -228,22 +227,12 @@ fn a_dead_holders_lock_is_named_and_removed_by_unlock() {
     let run = project.casey(&["unlock"]);
     run.assert_fails_with("no terminal to confirm");
     assert!(lock.exists());
-    let (mut master, slave) = pty();
-    let mut child =
-        project.command(&["unlock"]).stdin(slave).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let err = drain(child.stderr.take().unwrap());
-    wait_for(&mut child, &err, "Type `unlock` to remove it", Duration::from_secs(60));
-    master.write_all(b"keep\n").unwrap();
-    assert!(!child.wait().unwrap().success());
-    assert!(err.lock().unwrap().contains("the deploy lock was kept"), "{}", err.lock().unwrap());
+    let question = "Type `unlock` to remove it";
+    let (ok, err) = answer_on_terminal(project.command(&["unlock"]), question, "keep", Duration::from_secs(60));
+    assert!(!ok && err.contains("the deploy lock was kept"), "{err}");
     assert!(lock.exists());
-    let (mut master, slave) = pty();
-    let mut child =
-        project.command(&["unlock"]).stdin(slave).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let err = drain(child.stderr.take().unwrap());
-    wait_for(&mut child, &err, "Type `unlock` to remove it", Duration::from_secs(60));
-    master.write_all(b"unlock\n").unwrap();
-    assert!(child.wait().unwrap().success(), "{}", err.lock().unwrap());
+    let (ok, err) = answer_on_terminal(project.command(&["unlock"]), question, "unlock", Duration::from_secs(60));
+    assert!(ok, "{err}");
     assert!(!lock.exists(), "unlock removed it");
     let run = project.casey(&["unlock"]);
     run.assert_ok();

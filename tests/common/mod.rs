@@ -554,3 +554,20 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Run `cmd` with a terminal on stdin, wait for its question `prompt`,
+/// type `answer`: whether it then succeeded, and its stderr.
+#[track_caller]
+pub fn answer_on_terminal(mut cmd: Command, prompt: &str, answer: &str, limit: Duration) -> (bool, String) {
+    use std::io::Write as _;
+    let (mut master, slave) = pty();
+    let mut child = cmd.stdin(slave).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let err = drain(child.stderr.take().unwrap());
+    wait_for(&mut child, &err, prompt, limit);
+    master.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    let ok = child.wait().unwrap().success();
+    // The drain thread ends with the child's stderr.
+    std::thread::sleep(Duration::from_millis(100));
+    let text = err.lock().unwrap().clone();
+    (ok, text)
+}
