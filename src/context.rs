@@ -145,6 +145,14 @@ impl Ctx {
         aws_sdk_ecr::Client::from_conf(config)
     }
 
+    /// An SSM client for `region` (the release record).
+    pub fn ssm(&self, region: &str) -> aws_sdk_ssm::Client {
+        let config = aws_sdk_ssm::config::Builder::from(&self.sdk)
+            .region(aws_sdk_ssm::config::Region::new(region.to_owned()))
+            .build();
+        aws_sdk_ssm::Client::from_conf(config)
+    }
+
     /// An S3 client for `region`; path-style addressing when the endpoint
     /// is not AWS's (an emulator on loopback has no bucket DNS names).
     pub fn s3(&self, region: &str) -> aws_sdk_s3::Client {

@@ -33,8 +33,9 @@ pub fn deploy(ctx: &Ctx, infra_args: &infra::Options, args: &rollout::Options, m
         record.previous_task_definition = Some(live.task_definition.clone());
         record.previous_image = live.image.clone();
     }
-    let previous = release::current(ctx, &region, &parameter)?;
-    let version = release::put(ctx, &region, &parameter, &record)?;
+    let ssm = ctx.ssm(&region);
+    let previous = ctx.block_on(release::current(&ssm, &parameter))?;
+    let version = ctx.block_on(release::put(&ssm, &parameter, &record))?;
     say!("==> recorded release v{version} in {parameter}: {} ({})", record.image, record.tag);
     crate::output::event(
         "release",
@@ -88,7 +89,7 @@ pub fn deploy(ctx: &Ctx, infra_args: &infra::Options, args: &rollout::Options, m
     back.previous_outcome = Some("failed".into());
     back.previous_task_definition = None;
     back.previous_image = Some(record.image.clone());
-    let back_version = release::put(ctx, &region, &parameter, &back)?;
+    let back_version = ctx.block_on(release::put(&ssm, &parameter, &back))?;
     say!(
         "==> ECS rolled the service back to {}: recorded as release v{back_version}; applying so Terraform's task definition agrees",
         back.image

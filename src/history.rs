@@ -65,7 +65,7 @@ impl Releases {
         let parameter = release::parameter(&map)?;
         let outputs = Outputs::from_map(&map)?;
         let repo = Repository::from_map(&map, &outputs.aws_region)?;
-        let versions = release::history(ctx, &outputs.aws_region, &parameter)?;
+        let versions = ctx.block_on(release::history(&ctx.ssm(&outputs.aws_region), &parameter))?;
         let live = rollout::live(ctx, &outputs)?;
         let entries = entries(&versions, live.as_ref());
         Ok(Releases { repo, entries, live })

@@ -11,7 +11,7 @@
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Map, Value};
 
-use crate::context::Ctx;
+use aws_sdk_ssm::Client;
 
 /// What a deploy or rollback records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,18 +152,10 @@ pub fn parameter(map: &Map<String, Value>) -> Result<String> {
     }
 }
 
-fn client(ctx: &Ctx, region: &str) -> aws_sdk_ssm::Client {
-    let config = aws_sdk_ssm::config::Builder::from(&ctx.sdk)
-        .region(aws_sdk_ssm::config::Region::new(region.to_owned()))
-        .build();
-    aws_sdk_ssm::Client::from_conf(config)
-}
-
 /// Write `record` as the parameter's new version; returns the version.
-pub fn put(ctx: &Ctx, region: &str, name: &str, record: &Record) -> Result<i64> {
-    let ssm = client(ctx, region);
+pub async fn put(ssm: &Client, name: &str, record: &Record) -> Result<i64> {
     let value = record.to_json().to_string();
-    let out = ctx.block_on(ssm.put_parameter().name(name).value(value).overwrite(true).send()).map_err(|e| {
+    let out = ssm.put_parameter().name(name).value(value).overwrite(true).send().await.map_err(|e| {
         let next = match crate::aws::failure(&e) {
             crate::aws::Failure::Refused => {
                 "; the admin needs ssm:PutParameter on it: run `casey-deploy infra` to update the admin policy"
@@ -176,10 +168,9 @@ pub fn put(ctx: &Ctx, region: &str, name: &str, record: &Record) -> Result<i64> 
 }
 
 /// The current version, if the parameter exists.
-pub fn current(ctx: &Ctx, region: &str, name: &str) -> Result<Option<Version>> {
+pub async fn current(ssm: &Client, name: &str) -> Result<Option<Version>> {
     use aws_sdk_ssm::operation::get_parameter::GetParameterError;
-    let ssm = client(ctx, region);
-    match ctx.block_on(ssm.get_parameter().name(name).send()) {
+    match ssm.get_parameter().name(name).send().await {
         Ok(out) => Ok(out.parameter().map(|p| Version {
             version: p.version(),
             record: Record::parse(p.value().unwrap_or_default(), p.last_modified_date().map(rfc3339).as_deref()),
@@ -190,15 +181,14 @@ pub fn current(ctx: &Ctx, region: &str, name: &str) -> Result<Option<Version>> {
 }
 
 /// Every version Parameter Store still holds, oldest first.
-pub fn history(ctx: &Ctx, region: &str, name: &str) -> Result<Vec<Version>> {
+pub async fn history(ssm: &Client, name: &str) -> Result<Vec<Version>> {
     use aws_sdk_ssm::operation::get_parameter_history::GetParameterHistoryError;
-    let ssm = client(ctx, region);
     let mut versions = Vec::new();
     let mut token: Option<String> = None;
     loop {
         // 50 is GetParameterHistory's largest page.
         let call = ssm.get_parameter_history().name(name).max_results(50).set_next_token(token.take());
-        let out = match ctx.block_on(call.send()) {
+        let out = match call.send().await {
             Ok(out) => out,
             Err(e) if matches!(e.as_service_error(), Some(GetParameterHistoryError::ParameterNotFound(_))) => {
                 bail!("the release record {name} does not exist: run `casey-deploy infra` first")

@@ -116,7 +116,8 @@ fn release_of(ctx: &Ctx, outputs: &Outputs, image: &str) -> Result<(Option<Strin
     if let Some((_, digest)) = image.split_once('@') {
         // Deployed by digest: the release record names its tag.
         let tag = match &outputs.release_parameter_name {
-            Some(name) => crate::release::current(ctx, &outputs.aws_region, name)?
+            Some(name) => ctx
+                .block_on(crate::release::current(&ctx.ssm(&outputs.aws_region), name))?
                 .filter(|v| v.record.image == image && !v.record.tag.is_empty())
                 .map(|v| v.record.tag),
             None => None,
