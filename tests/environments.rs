@@ -247,4 +247,13 @@ fn staging_through_the_tool_beside_production_with_its_own_state_and_destroyed_a
     let run = project.casey(&["infra", "--yes"]);
     run.assert_ok();
     assert!(run.stderr.contains("No changes"), "production after staging's destroy: {}", run.stderr);
+
+    // Typing production's name on a terminal applies the change.
+    let change = project.command(&["infra", "--var", "log_retention_in_days=14"]);
+    let (ok, err) = answer_on_terminal(change, "Type `production` to apply", "production", Duration::from_secs(240));
+    assert!(ok, "{err}");
+    let groups = emulator.aws(&["logs", "describe-log-groups", "--log-group-name-prefix", "/ecs/casey-backend"]);
+    let production_group =
+        groups["logGroups"].as_array().unwrap().iter().find(|g| g["logGroupName"] == "/ecs/casey-backend");
+    assert_eq!(production_group.unwrap()["retentionInDays"], 14, "{groups}");
 }
