@@ -226,17 +226,23 @@ fn staging_through_the_tool_beside_production_with_its_own_state_and_destroyed_a
     production_url.assert_ok();
     assert_ne!(url.stdout, production_url.stdout, "each environment has its own task and URL");
 
+    let admin_policies = emulator.attached_policy_names(ADMIN);
+    assert_eq!(admin_policies.len(), 6, "{admin_policies:?}");
+    // Under IAM enforcement (the admin holding only the stack's policies):
+    // staging's state, its lock and terraform's lock under casey/staging/
+    // are inside the admin's S3 rights, and so is its teardown.
+    emulator.control("POST", "/_casey/iam/propagation", &serde_json::json!({"seconds": 0}));
+    emulator.control("POST", "/_casey/iam/enforce", &serde_json::json!({"enabled": true}));
     // Each plans no changes; staging's teardown leaves production as it was.
     for env in ["production", "staging"] {
         let run = project.casey(&["--env", env, "infra", "--yes"]);
         run.assert_ok();
         assert!(run.stderr.contains("No changes"), "{env}: {}", run.stderr);
     }
-    let admin_policies = emulator.attached_policy_names(ADMIN);
-    assert_eq!(admin_policies.len(), 6, "{admin_policies:?}");
     let run = project.casey(&["--env", "staging", "destroy", "--yes"]);
     run.assert_ok();
     every_line_names(&run, "staging");
+    emulator.control("POST", "/_casey/iam/enforce", &serde_json::json!({"enabled": false}));
     assert!(!active_cluster(&emulator, "casey-staging"), "staging's cluster is gone");
     assert!(active_cluster(&emulator, "casey"), "production's cluster stays");
     let repos = emulator.aws(&["ecr", "describe-repositories"]);
